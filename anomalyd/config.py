@@ -1,0 +1,303 @@
+"""Frozen, validated configuration loaded once from YAML.
+
+Every section is a pydantic model that forbids unknown keys, so a typo fails at start-up
+with the key's path instead of being silently ignored. ``${VAR}`` and ``${VAR:-default}``
+in string values are replaced from the environment before validation.
+
+>>> cfg = Config()
+>>> cfg.window.length, cfg.model.cell, cfg.threshold.method
+(64, 'lstm', 'quantile')
+>>> load_config_text("model: {hidden_size: -1}")
+Traceback (most recent call last):
+...
+anomalyd.errors.ConfigError: config error at model.hidden_size: got -1, expected a value >= 1
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from anomalyd.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TimestampConfig(_Section):
+    """Where an event's time comes from. Either ``field``, or ``date_field`` and ``time_field``."""
+
+    field: str | None = "timestamp"
+    date_field: str | None = None
+    time_field: str | None = None
+    format: Literal["auto", "iso", "epoch_s", "epoch_ms"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TimestampConfig:
+        if (self.date_field is None) != (self.time_field is None):
+            raise ValueError("date_field and time_field must be set together")
+        if self.date_field is not None and self.field is not None and self.field != "timestamp":
+            raise ValueError("set either field or date_field/time_field, not both")
+        return self
+
+    @property
+    def split(self) -> bool:
+        return self.date_field is not None
+
+
+FeatureOp = Literal["value", "log_return", "pct_change", "diff", "log", "log1p", "log_ratio", "ratio"]
+
+
+class FeatureConfig(_Section):
+    """A model input derived from raw fields, e.g. the log return of a close price."""
+
+    name: str = Field(min_length=1)
+    op: FeatureOp = "value"
+    field: str = Field(min_length=1)
+    other: str | None = None
+
+    @model_validator(mode="after")
+    def _other_for_binary_ops(self) -> FeatureConfig:
+        binary = self.op in ("log_ratio", "ratio")
+        if binary and self.other is None:
+            raise ValueError(f"op {self.op!r} needs 'other' (the denominator field)")
+        if not binary and self.other is not None:
+            raise ValueError(f"op {self.op!r} takes no 'other'")
+        return self
+
+
+class InputConfig(_Section):
+    """How records are read: file format, key, time and value fields."""
+
+    format: Literal["auto", "csv", "jsonl"] = "auto"
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    timestamp: TimestampConfig = TimestampConfig()
+    key_field: str | None = None
+    value_fields: tuple[str, ...] = Field(("value",), min_length=1)
+    features: tuple[FeatureConfig, ...] = ()
+    batch_size: int = Field(1024, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _features_read_declared_fields(self) -> InputConfig:
+        names = [f.name for f in self.features]
+        if len(set(names)) != len(names):
+            raise ValueError(f"feature names must be unique, got {names}")
+        for feat in self.features:
+            for fld in (feat.field, feat.other):
+                if fld is not None and fld not in self.value_fields:
+                    raise ValueError(f"feature {feat.name!r} reads {fld!r}, which is not in value_fields")
+        return self
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Names of the model's inputs: the derived features, or the raw value fields."""
+        return tuple(f.name for f in self.features) if self.features else self.value_fields
+
+
+class WindowConfig(_Section):
+    length: int = Field(64, ge=2, le=4096)
+    stride: int = Field(1, ge=1)
+    normalise: Literal["running", "none"] = "running"
+
+
+class ModelConfig(_Section):
+    cell: Literal["lstm", "gru", "rnn"] = "lstm"
+    hidden_size: int = Field(32, ge=1, le=4096)
+    num_layers: int = Field(1, ge=1, le=8)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    scope: Literal["per_key", "shared"] = "per_key"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    threads: int | None = Field(None, ge=1, le=1024)
+    score_batch_size: int = Field(512, ge=1)
+
+
+class TrainingConfig(_Section):
+    warmup_events: int = Field(750, ge=1)
+    warmup_fraction: float | None = Field(None, gt=0.0, le=1.0)
+    epochs: int = Field(20, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    max_windows: int = Field(4096, ge=1)
+
+
+class ThresholdConfig(_Section):
+    """Adaptive threshold. ``quantile`` uses quantile/window/margin; ``ewma`` uses alpha/k."""
+
+    method: Literal["quantile", "ewma"] = "quantile"
+    quantile: float = Field(0.995, gt=0.5, lt=1.0)
+    window: int = Field(2000, ge=10)
+    margin: float = Field(1.0, gt=0.0)
+    alpha: float = Field(0.01, gt=0.0, lt=1.0)
+    k: float = Field(4.0, gt=0.0)
+    min_samples: int = Field(30, ge=1)
+
+
+class AlertConfig(_Section):
+    min_consecutive: int = Field(1, ge=1)
+    cooldown_events: int = Field(64, ge=0)
+
+
+class SinkConfig(_Section):
+    type: Literal["stdout", "file"]
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> SinkConfig:
+        if self.type == "file" and not self.path:
+            raise ValueError("a 'file' sink needs a path")
+        return self
+
+
+class OutputConfig(_Section):
+    alerts: tuple[SinkConfig, ...] = (SinkConfig(type="stdout"),)
+    dead_letter: SinkConfig | None = None
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Section):
+    """The whole configuration; each component receives only its own section."""
+
+    input: InputConfig = InputConfig()
+    window: WindowConfig = WindowConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    threshold: ThresholdConfig = ThresholdConfig()
+    alerts: AlertConfig = AlertConfig()
+    output: OutputConfig = OutputConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _warmup_covers_a_window(self) -> Config:
+        if self.training.warmup_events < self.window.length:
+            raise ValueError(
+                f"training.warmup_events ({self.training.warmup_events}) must be >= "
+                f"window.length ({self.window.length}): the model needs whole windows to learn from"
+            )
+        return self
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(node: Any, path: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, f"{path}[{i}]") for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name, default)
+        if value is None:
+            raise ConfigError(
+                f"config error at {path}: environment variable {name} is not set "
+                f"(and no ${{{name}:-default}} given)"
+            )
+        return value
+
+    return _ENV.sub(substitute, node)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    path = ".".join(str(p) for p in err["loc"]) or "<top level>"
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return f"config error at {path}: unknown key"
+    if kind == "missing":
+        return f"config error at {path}: required key is missing"
+    got = f"got {err['input']!r}, " if "input" in err and not isinstance(err["input"], dict) else ""
+    bounds = {
+        "greater_than_equal": ">= {ge}",
+        "greater_than": "> {gt}",
+        "less_than_equal": "<= {le}",
+        "less_than": "< {lt}",
+    }
+    if kind in bounds:
+        expected = "a value " + bounds[kind].format(**ctx)
+    elif kind == "too_short":
+        expected = f"at least {ctx.get('min_length')} item(s)"
+    elif kind == "literal_error":
+        expected = f"one of {ctx.get('expected')}"
+    elif kind == "value_error":
+        return f"config error at {path}: {ctx.get('error', err['msg'])}"
+    else:
+        expected = err["msg"][0].lower() + err["msg"][1:]
+        expected = expected.replace("input should be ", "")
+    return f"config error at {path}: {got}expected {expected}"
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            return []
+        model = field.annotation
+    return sorted(model.model_fields)
+
+
+def parse_config(data: Any) -> Config:
+    """Validate a parsed YAML document (a mapping or None) into a :class:`Config`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config error at <top level>: got {type(data).__name__}, expected a mapping of sections"
+        )
+    data = _interpolate(data, "")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            line = _describe(dict(err))
+            if err["type"] == "extra_forbidden":
+                keys = _known_keys(Config, tuple(err["loc"]))
+                if keys:
+                    line += f" (expected one of: {', '.join(keys)})"
+            lines.append(line)
+        raise ConfigError("; ".join(lines)) from None
+
+
+def load_config_text(text: str) -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config error: not valid YAML: {exc}".replace("\n", " ")) from None
+    return parse_config(data)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load and validate a YAML config file; ``None`` gives the documented defaults."""
+    if path is None:
+        return Config()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config error: cannot read {path}: {exc.strerror}") from None
+    try:
+        return load_config_text(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """A plain, YAML-ready dict of the config (for `config check --show`)."""
+    return config.model_dump(mode="json")

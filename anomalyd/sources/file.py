@@ -1,0 +1,388 @@
+"""Replay CSV and JSONL files (optionally gzipped) as batches of events, in file order.
+
+Each file is one stream unless the config names a key field: its rows get the file's stem
+as their key (``nyc_taxi`` for ``data/nyc_taxi.csv.gz``). A malformed row becomes a dead
+letter; a file that cannot be read at all raises :class:`SourceError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import os
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, Literal
+
+import orjson
+
+from anomalyd.config import InputConfig
+from anomalyd.errors import SourceError
+from anomalyd.events import DeadLetter
+from anomalyd.parsing import RecordParser, key_of
+from anomalyd.sources.base import Batch
+
+Format = Literal["csv", "jsonl"]
+_SUFFIX_FORMATS: dict[str, Format] = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+# What a damaged file raises while being read: OS errors (BadGzipFile included), a gzip
+# stream cut short (EOFError), corrupt deflate data (zlib.error).
+_READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
+def _row_of(dead: DeadLetter) -> Any:
+    return dead.source["row"]
+
+
+def resolve_paths(paths: Iterable[str]) -> list[str]:
+    """Expand glob patterns (``**`` recursive), sorted per pattern, in argument order, without repeats.
+
+    A path that exists is taken literally, even if it contains glob characters. A missing
+    file, a directory, or a pattern that matches no files raises :class:`SourceError`.
+    """
+    files: list[str] = []
+    seen: set[str] = set()
+    for pattern in paths:
+        if os.path.exists(pattern):
+            if os.path.isdir(pattern):
+                raise SourceError(
+                    f"input {pattern!r} is a directory; give files or a glob such as '{pattern}/*.csv'"
+                )
+            matches = [pattern]
+        elif glob.has_magic(pattern):
+            matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+            if not matches:
+                raise SourceError(f"input pattern {pattern!r} matches no files")
+        else:
+            raise SourceError(f"input file {pattern!r} does not exist")
+        for path in matches:
+            identity = os.path.abspath(path)
+            if identity not in seen:
+                seen.add(identity)
+                files.append(path)
+    return files
+
+
+def _compressed(path: str) -> bool:
+    return path.lower().endswith(".gz")
+
+
+def file_format(path: str, configured: str = "auto") -> Format:
+    """The format of ``path``: the configured one, else by suffix (``.gz`` is looked through).
+
+    >>> file_format("data/taxi.csv.gz"), file_format("x.ndjson"), file_format("x.log", "csv")
+    ('csv', 'jsonl', 'csv')
+    """
+    if configured == "csv":
+        return "csv"
+    if configured == "jsonl":
+        return "jsonl"
+    name = path[:-3] if _compressed(path) else path
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix not in _SUFFIX_FORMATS:
+        known = ", ".join(sorted(_SUFFIX_FORMATS))
+        raise SourceError(
+            f"cannot tell the format of {path!r} from its suffix (known: {known}[.gz]); set input.format"
+        )
+    return _SUFFIX_FORMATS[suffix]
+
+
+def file_stem(path: str) -> str:
+    """The default stream key of a file: its name without format and ``.gz`` suffixes.
+
+    >>> file_stem("data/nyc_taxi.csv.gz"), file_stem("a/b/machine-1.jsonl"), file_stem("plain")
+    ('nyc_taxi', 'machine-1', 'plain')
+    """
+    name = os.path.basename(path)
+    if _compressed(name):
+        name = name[:-3]
+    root, suffix = os.path.splitext(name)
+    return root if suffix.lower() in _SUFFIX_FORMATS and root else name
+
+
+def _open_text(path: str) -> IO[str]:
+    # surrogateescape keeps undecodable bytes visible (as lone surrogates) so the row holding
+    # them can be dead-lettered; utf-8-sig drops a byte-order mark before the header.
+    if _compressed(path):
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="")
+    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def _open_bytes(path: str) -> IO[bytes]:
+    if _compressed(path):
+        return gzip.open(path, "rb")  # type: ignore[return-value]  # GzipFile is a binary IO
+    return open(path, "rb")
+
+
+def _undecodable(text: str) -> bool:
+    """True when ``text`` holds bytes that were not UTF-8 (surrogate escapes)."""
+    if text.isascii():  # O(1) in CPython: the common case costs nothing
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _readable(text: str) -> str:
+    """``text`` with surrogate escapes turned into U+FFFD, so a dead letter is valid JSON."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _tap(lines: Iterable[str], kept: list[str]) -> Iterator[str]:
+    """Pass ``lines`` through to ``csv.reader``, keeping them: the raw text of the current row."""
+    keep = kept.append
+    for line in lines:
+        keep(line)
+        yield line
+
+
+def _rows(reader: Iterator[list[str]]) -> Iterator[list[str] | None]:
+    """The rows of a CSV reader, None for a row it cannot split (the reader goes on after it)."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            yield None
+
+
+def _raw(lines: list[str]) -> str:
+    """The raw text of a row from its lines (line end dropped, undecodable bytes as U+FFFD)."""
+    return _readable("".join(lines).rstrip("\r\n"))
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """Up to ``batch_size`` rows of one file, split into fields but not yet parsed."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    end: int = 0  # the next row to read after this chunk
+
+
+class FileSource:
+    """Read CSV/JSONL files, plain or gzipped, as a :class:`~anomalyd.sources.base.Source`.
+
+    ``paths`` holds files or glob patterns; they are resolved (not read) on construction, so
+    a missing input fails at start-up, and ``self.paths`` is the list of files. ``source`` of
+    each record is ``{"file", "row"}``: ``row`` counts data rows from 0 (CSV, header
+    excluded) or physical lines from 0 (JSONL).
+    """
+
+    def __init__(self, paths: Sequence[str], config: InputConfig) -> None:
+        self.paths = resolve_paths(paths)
+        self.config = config
+        self.formats = [file_format(path, config.format) for path in self.paths]
+        self._parser = RecordParser(config)
+        self._open: IO[Any] | None = None
+        self._closed = False
+        self._lengths: dict[str, int] | None = None
+        self._total: int | None = None
+
+    def batches(self) -> Iterator[Batch]:
+        """Yield batches of at most ``batch_size`` records in file order; a batch never spans two files."""
+        self._closed = False
+        parse_many = self._parser.parse_many
+        for path, fmt in zip(self.paths, self.formats, strict=True):
+            stem = file_stem(path)
+            for chunk in self._chunks(path, fmt):
+                events, dead = parse_many(chunk.records, chunk.sources, default_key=stem)
+                if chunk.dead:
+                    dead = sorted(chunk.dead + dead, key=_row_of) if dead else chunk.dead
+                yield Batch(events, dead, {"file": path, "row": chunk.end})
+                if self._closed:
+                    return
+
+    def _chunks(self, path: str, fmt: Format) -> Iterator[_Chunk]:
+        """The rows of one file in chunks; I/O failures become :class:`SourceError`."""
+        try:
+            if fmt == "csv":
+                with _open_text(path) as text:
+                    self._open = text
+                    yield from self._csv_chunks(path, text)
+            else:
+                with _open_bytes(path) as binary:
+                    self._open = binary
+                    yield from self._jsonl_chunks(path, binary)
+        except _READ_ERRORS as exc:
+            raise SourceError(f"cannot read {path!r}: {exc}") from exc
+        except ValueError:  # reading a handle that close() closed under us
+            if not self._closed:
+                raise
+        finally:
+            self._open = None
+
+    def _csv_chunks(self, path: str, handle: IO[str]) -> Iterator[_Chunk]:
+        size = self.config.batch_size
+        lines: list[str] = []
+        reader = csv.reader(_tap(handle, lines), delimiter=self.config.delimiter)
+        header = self._csv_header(path, reader)
+        width = len(header)
+        chunk, taken, row = _Chunk(), 0, 0
+        while True:
+            lines.clear()
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # e.g. an unclosed quote that ran past the field size limit
+                chunk.dead.append(DeadLetter(f"bad CSV row: {exc}", _raw(lines), {"file": path, "row": row}))
+            else:
+                if not fields:  # a blank line, skipped as csv.DictReader does
+                    continue
+                source = {"file": path, "row": row}
+                if len(fields) != width:
+                    reason = f"expected {width} fields, got {len(fields)}"
+                    chunk.dead.append(DeadLetter(reason, _raw(lines), source))
+                elif (len(lines) == 1 and lines[0].isascii()) or not _undecodable("".join(lines)):
+                    chunk.records.append(dict(zip(header, fields, strict=True)))
+                    chunk.sources.append(source)
+                else:
+                    chunk.dead.append(DeadLetter("row is not valid UTF-8", _raw(lines), source))
+            row += 1
+            taken += 1
+            if taken == size:
+                chunk.end = row
+                yield chunk
+                chunk, taken = _Chunk(), 0
+        if taken:
+            chunk.end = row
+            yield chunk
+
+    def _csv_header(self, path: str, reader: Iterator[list[str]]) -> list[str]:
+        for fields in reader:
+            if fields:
+                header = [_readable(name.strip()) for name in fields]
+                missing = [f for f in self._needed_fields() if f not in header]
+                if missing:
+                    names = ", ".join(repr(f) for f in missing)
+                    raise SourceError(f"{path!r} has no column {names} (columns: {', '.join(header)})")
+                return header
+        raise SourceError(f"{path!r} is empty: a CSV file needs a header row")
+
+    def _needed_fields(self) -> list[str]:
+        cfg = self.config
+        ts = cfg.timestamp
+        time_fields = [ts.date_field, ts.time_field] if ts.split else [ts.field]
+        return [f for f in (cfg.key_field, *time_fields, *cfg.value_fields) if f is not None]
+
+    def _jsonl_chunks(self, path: str, handle: IO[bytes]) -> Iterator[_Chunk]:
+        size = self.config.batch_size
+        loads = orjson.loads
+        chunk, taken, row = _Chunk(), 0, -1
+        for row, line in enumerate(handle):
+            if not line.strip():
+                continue
+            source = {"file": path, "row": row}
+            try:
+                record = loads(line)
+            except orjson.JSONDecodeError as exc:
+                text = line.decode("utf-8", "replace").rstrip("\r\n")
+                chunk.dead.append(DeadLetter(f"not valid JSON: {exc}", text, source))
+            else:
+                if record.__class__ is dict:
+                    chunk.records.append(record)
+                    chunk.sources.append(source)
+                else:
+                    text = line.decode("utf-8", "replace").rstrip("\r\n")
+                    reason = f"expected a JSON object, got {type(record).__name__}"
+                    chunk.dead.append(DeadLetter(reason, text, source))
+            taken += 1
+            if taken == size:
+                chunk.end = row + 1
+                yield chunk
+                chunk, taken = _Chunk(), 0
+        if taken:
+            chunk.end = row + 1
+            yield chunk
+
+    def expected_lengths(self) -> dict[str, int]:
+        """Data rows per key over all files, from a quick pass that reads keys only.
+
+        Rows that will be dead-lettered for a bad time or value are counted; with a key
+        field, rows whose key cannot be read are not.
+        """
+        if self._lengths is None:
+            self._count_rows()
+        assert self._lengths is not None
+        return dict(self._lengths)
+
+    def total_rows(self) -> int:
+        """Data rows over all files, for a progress bar."""
+        if self._total is None:
+            self._count_rows()
+        assert self._total is not None
+        return self._total
+
+    def _count_rows(self) -> None:
+        per_key: Counter[str] = Counter()
+        total = 0
+        for path, fmt in zip(self.paths, self.formats, strict=True):
+            try:
+                keys = self._csv_keys(path) if fmt == "csv" else self._jsonl_keys(path)
+                for key in keys:
+                    total += 1
+                    if key is not None:
+                        per_key[key] += 1
+            except _READ_ERRORS as exc:
+                raise SourceError(f"cannot read {path!r}: {exc}") from exc
+        self._lengths, self._total = dict(per_key), total
+
+    def _csv_keys(self, path: str) -> Iterator[str | None]:
+        """The key of each data row of a CSV file (None when the row has none)."""
+        with _open_text(path) as handle:
+            reader = csv.reader(handle, delimiter=self.config.delimiter)
+            header = self._csv_header(path, reader)
+            width = len(header)
+            key_field = self.config.key_field
+            stem = file_stem(path)
+            column = header.index(key_field) if key_field is not None else -1
+            for fields in _rows(reader):
+                if fields == []:  # a blank line is no row
+                    continue
+                if column < 0:
+                    yield stem
+                elif fields is None or len(fields) != width:
+                    yield None
+                else:
+                    yield key_of(fields[column])
+
+    def _jsonl_keys(self, path: str) -> Iterator[str | None]:
+        """The key of each non-blank line of a JSONL file (None when the line has none)."""
+        key_field = self.config.key_field
+        stem = file_stem(path)
+        with _open_bytes(path) as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                if key_field is None:
+                    yield stem
+                    continue
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    yield None
+                    continue
+                yield key_of(record.get(key_field)) if record.__class__ is dict else None
+
+    def commit(self, positions: dict[str, Any]) -> None:
+        """Nothing to do: a file replay starts from the beginning each time."""
+
+    def close(self) -> None:
+        """Close the file being read, if any; a running :meth:`batches` stops after its batch."""
+        self._closed = True
+        if self._open is not None:
+            self._open.close()
+            self._open = None

@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+
+from anomalyd.events import Event
+from anomalyd.pipeline import Pipeline
+from anomalyd.sources.base import Batch
+
+from .helpers import batches, sine_events, small_config
+
+
+def run(pipeline, events, size=64):
+    out = []
+    for batch in batches(events, size):
+        out.append(pipeline.process(batch))
+    scores = np.concatenate([r.scores for r in out])
+    flags = np.concatenate([r.anomalous for r in out])
+    alerts = [a for r in out for a in r.alerts]
+    return scores, flags, alerts, out
+
+
+def test_warmup_rows_have_no_score_then_every_row_is_scored():
+    events = sine_events("k", 400)
+    scores, _, _, _ = run(Pipeline(small_config()), events)
+    assert np.isnan(scores[:150]).all()
+    assert np.isfinite(scores[150:]).all()
+
+
+def test_spike_after_warmup_raises_an_alert_near_it():
+    events = sine_events("k", 500, spikes=(300,))
+    _, _, alerts, _ = run(Pipeline(small_config()), events)
+    positions = [a.sequence for a in alerts]
+    assert any(300 <= p <= 302 for p in positions), positions
+    alert = next(a for a in alerts if 300 <= a.sequence <= 302)
+    assert alert.score > alert.threshold
+    assert alert.source == {"file": "k.csv", "row": alert.sequence}
+
+
+def test_no_alert_during_warmup_even_for_a_spike():
+    events = sine_events("k", 300, spikes=(100,))
+    _, _, alerts, _ = run(Pipeline(small_config()), events)
+    assert all(a.sequence >= 150 for a in alerts)
+
+
+@pytest.mark.parametrize("scope", ["per_key", "shared"])
+def test_results_do_not_depend_on_batch_size(scope):
+    events = [
+        e for pair in zip(sine_events("a", 300, (200,)), sine_events("b", 300, (250,), seed=1)) for e in pair
+    ]
+    cfg = small_config(model={"scope": scope})
+    ref_scores, ref_flags, ref_alerts, _ = run(Pipeline(cfg), events, size=1000)
+    for size in (1, 37):
+        scores, flags, alerts, _ = run(Pipeline(cfg), events, size=size)
+        np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, equal_nan=True)
+        assert [a.alert_id for a in alerts] == [a.alert_id for a in ref_alerts]
+
+
+def test_per_key_scope_trains_one_model_per_key_shared_trains_one():
+    events = [e for pair in zip(sine_events("a", 200), sine_events("b", 200, seed=1)) for e in pair]
+    per_key = Pipeline(small_config())
+    run(per_key, events)
+    assert sorted(per_key.detector.slots) == ["a", "b"]
+    shared = Pipeline(small_config(model={"scope": "shared"}))
+    _, _, _, results = run(shared, events)
+    assert list(shared.detector.slots) == [""]
+    assert sum(len(r.trained) for r in results) == 1
+
+
+def test_alert_ids_are_deterministic_and_carry_the_model_version():
+    events = sine_events("k", 500, spikes=(300, 420))
+    _, _, first, _ = run(Pipeline(small_config()), events)
+    _, _, second, _ = run(Pipeline(small_config()), events)
+    assert first and [a.alert_id for a in first] == [a.alert_id for a in second]
+    assert all(a.model_version == 1 for a in first)
+    assert len({a.alert_id for a in first}) == len(first)
+
+
+def test_top_features_point_at_the_anomalous_feature():
+    events = sine_events("k", 500, spikes=(320,), features=3)
+    _, _, alerts, _ = run(Pipeline(small_config(input={"value_fields": ["a", "b", "c"]})), events)
+    alert = next(a for a in alerts if 320 <= a.sequence <= 322)
+    assert alert.top_features[0]["feature"] == "c"
+    assert sum(f["share"] for f in alert.top_features) == pytest.approx(1.0)
+    assert set(alert.values) == {"a", "b", "c"}
+
+
+def test_warmup_fraction_uses_known_lengths():
+    cfg = small_config(training={"warmup_events": 750, "warmup_fraction": 0.15})
+    pipeline = Pipeline(cfg, expected_lengths={"short": 1000, "long": 100_000})
+    assert pipeline.warmup_for("short") == 150
+    assert pipeline.warmup_for("long") == 750
+    assert pipeline.warmup_for("unknown") == 750
+    assert pipeline.warmup_for("tiny") == 750
+    assert Pipeline(cfg, expected_lengths={"tiny": 20}).warmup_for("tiny") == 16  # at least one window
+
+
+def test_cooldown_limits_alerts_per_incident():
+    events = sine_events("k", 600)
+    for e in events[300:340]:
+        e.values = e.values + 8.0
+    _, flags, alerts, _ = run(Pipeline(small_config(alerts={"cooldown_events": 100})), events)
+    assert flags[300:340].sum() > 1
+    assert len([a for a in alerts if 300 <= a.sequence < 400]) == 1
+
+
+def test_bad_derived_feature_is_dead_lettered_and_the_rest_processed():
+    cfg = small_config(
+        input={"value_fields": ["close"], "features": [{"name": "ret", "op": "log_return", "field": "close"}]}
+    )
+    events = [
+        Event("p", str(i), float(i), np.array([100.0 + i if i != 5 else -1.0]), {"file": "p.csv", "row": i})
+        for i in range(10)
+    ]
+    result = Pipeline(cfg).process(Batch(events))
+    assert [d.source["row"] for d in result.dead_letters] == [5]
+    assert "ret" in result.dead_letters[0].reason
+    assert len(result.events) == 9
+
+
+def test_multivariate_windows_and_gru_cell():
+    events = sine_events("k", 300, features=4)
+    cfg = small_config(input={"value_fields": ["a", "b", "c", "d"]}, model={"cell": "gru"})
+    scores, _, _, _ = run(Pipeline(cfg), events)
+    assert np.isfinite(scores[150:]).all()

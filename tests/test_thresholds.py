@@ -1,0 +1,84 @@
+import math
+
+import numpy as np
+import pytest
+
+from anomalyd.alerting import AlertGate
+from anomalyd.config import ThresholdConfig
+from anomalyd.thresholds import EwmaThreshold, QuantileThreshold, make_threshold
+
+METHODS = ["quantile", "ewma"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_contract_silent_until_min_samples(method):
+    th = make_threshold(ThresholdConfig(method=method, min_samples=20))
+    for _ in range(19):
+        assert not th.classify(1e9)
+        th.update(1.0)
+    assert math.isnan(th.value)
+    th.update(1.0)
+    assert not math.isnan(th.value)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_contract_flags_outliers_not_typical_scores(method):
+    rng = np.random.default_rng(0)
+    th = make_threshold(ThresholdConfig(method=method, min_samples=50))
+    for s in rng.gamma(2.0, 0.5, 3000):
+        th.classify(float(s))
+        th.update(float(s))
+    assert th.classify(50.0)
+    assert not th.classify(float(np.median(rng.gamma(2.0, 0.5, 100))))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_contract_adapts_to_a_new_scale(method):
+    th = make_threshold(ThresholdConfig(method=method, window=200, alpha=0.05, min_samples=20))
+    rng = np.random.default_rng(1)
+    for s in rng.uniform(0.9, 1.1, 500):
+        th.update(float(s))
+    before = th.value
+    for s in rng.uniform(9.0, 11.0, 2000):
+        th.update(float(s))
+    assert th.value > 5 * before
+
+
+def test_quantile_matches_numpy_on_its_window():
+    th = QuantileThreshold(quantile=0.9, window=100, margin=1.5, min_samples=10)
+    scores = np.random.default_rng(2).normal(size=1000).astype(np.float32)
+    for s in scores:
+        th.update(float(s))
+    # refreshed every window // 128 = 1 update here, so exact
+    assert th.value == pytest.approx(1.5 * float(np.quantile(scores[-100:], 0.9)), rel=1e-5)
+
+
+def test_ewma_clips_outliers_so_one_incident_does_not_hide_the_next():
+    th = EwmaThreshold(alpha=0.05, k=3.0, min_samples=10)
+    for _ in range(200):
+        th.update(1.0 + 0.01 * np.sin(_))
+    before = th.value
+    th.update(1000.0)
+    assert th.value < before * 1.5
+
+
+def test_gate_min_consecutive():
+    gate = AlertGate(min_consecutive=3, cooldown_events=0)
+    assert [gate.step(x) for x in [True, True, False, True, True, True]] == [
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+
+
+def test_gate_cooldown_then_realerts_on_ongoing_incident():
+    gate = AlertGate(min_consecutive=1, cooldown_events=2)
+    assert [gate.step(True) for _ in range(7)] == [True, False, False, True, False, False, True]
+
+
+def test_gate_no_alert_without_anomaly():
+    gate = AlertGate()
+    assert not any(gate.step(False) for _ in range(100))
