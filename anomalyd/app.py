@@ -7,8 +7,10 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from anomalyd.config import Config, SinkConfig
+from anomalyd.config import Config, KafkaConfig, SinkConfig
+from anomalyd.errors import SinkError
 from anomalyd.logs import get_logger
 from anomalyd.pipeline import BatchResult, Pipeline
 from anomalyd.sinks.base import Record, Sink
@@ -56,11 +58,114 @@ class DeadLetterSink:
             self.sink.close()
 
 
-def build_sink(config: SinkConfig) -> Sink:
+def build_sink(config: SinkConfig, connection: KafkaConfig) -> Sink:
     if config.type == "stdout":
         return StdoutSink()
+    if config.type == "kafka":
+        from anomalyd.sinks.kafka import KafkaSink
+
+        assert config.topic is not None
+        return KafkaSink(config.topic, connection)
     assert config.path is not None
     return FileSink(config.path)
+
+
+class Runner:
+    """Feeds every batch of ``source`` through ``pipeline`` until it ends or ``should_stop()``.
+
+    The commit step (:meth:`commit`), run every ``commit_interval_s``, before partitions are
+    revoked, and once more at the end:
+
+    1. flush every alert sink and the dead-letter sink (durable, or it raises SinkError);
+    2. commit the source's positions of the last processed batch.
+
+    So a crash can re-send alerts (with the same ``alert_id``) but never lose one. With
+    ``retry_sink_errors`` (the daemon) a failed flush is retried with backoff until it
+    works or a stop is requested; nothing is committed meanwhile.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        pipeline: Pipeline,
+        alert_sinks: Sequence[Sink],
+        dead_letters: Sink,
+        observers: Iterable[Observer] = (),
+        should_stop: Callable[[], bool] = lambda: False,
+        commit_interval_s: float = 1.0,
+        retry_sink_errors: bool = False,
+        retry_backoff_s: float = 0.5,
+        retry_backoff_max_s: float = 30.0,
+        log_alerts: bool = False,
+    ):
+        self.source = source
+        self.pipeline = pipeline
+        self.alert_sinks = list(alert_sinks)
+        self.dead_letters = dead_letters
+        self.observers = list(observers)
+        self.should_stop = should_stop
+        self.commit_interval_s = commit_interval_s
+        self.retry_sink_errors = retry_sink_errors
+        self.retry_backoff_s = retry_backoff_s
+        self.retry_backoff_max_s = retry_backoff_max_s
+        self.log_alerts = log_alerts
+        self.positions: dict[Any, Any] | None = None
+        self.sinks_healthy = True
+        self.stats = RunStats()
+
+    def commit(self) -> None:
+        delay = self.retry_backoff_s
+        while True:
+            try:
+                for sink in (*self.alert_sinks, self.dead_letters):
+                    sink.flush()
+                break
+            except SinkError as exc:
+                self.sinks_healthy = False
+                if not self.retry_sink_errors or self.should_stop():
+                    raise
+                log.warning("flush_failed", error=str(exc), retry_in_s=delay)
+                deadline = time.monotonic() + delay
+                while time.monotonic() < deadline and not self.should_stop():
+                    time.sleep(0.05)
+                delay = min(2 * delay, self.retry_backoff_max_s)
+        self.sinks_healthy = True
+        if self.positions is not None:
+            self.source.commit(self.positions)
+
+    def run(self) -> RunStats:
+        stats = self.stats
+        started = last_commit = time.monotonic()
+        for batch in self.source.batches():
+            result = self.pipeline.process(batch)
+            for alert in result.alerts:
+                for sink in self.alert_sinks:
+                    sink.add(alert)
+                if self.log_alerts:
+                    log.info("alert_published", alert_id=alert.alert_id, key=alert.key, score=alert.score)
+            for dead in result.dead_letters:
+                self.dead_letters.add(dead)
+            for model_id, version in result.trained:
+                report = self.pipeline.detector.slot(model_id).last_report
+                log.info(
+                    "model_trained", model=model_id or "shared", version=version, **_report_fields(report)
+                )
+            for observe in self.observers:
+                observe(result)
+            stats.events += len(result.events)
+            stats.alerts += len(result.alerts)
+            stats.dead_letters += len(result.dead_letters)
+            stats.batches += 1
+            self.positions = batch.positions
+            if time.monotonic() - last_commit >= self.commit_interval_s:
+                self.commit()
+                last_commit = time.monotonic()
+            if self.should_stop():
+                break
+        self.commit()
+        stats.seconds = time.monotonic() - started
+        stats.keys = set(self.pipeline.states)
+        return stats
 
 
 def run(
@@ -72,53 +177,9 @@ def run(
     should_stop: Callable[[], bool] = lambda: False,
     commit_interval_s: float = 1.0,
 ) -> RunStats:
-    """Feed every batch of ``source`` through ``pipeline`` until it ends or ``should_stop()``.
-
-    The commit step, run every ``commit_interval_s`` and once more at the end:
-
-    1. flush every alert sink and the dead-letter sink (durable, or it raises);
-    2. commit the source's positions of the last processed batch.
-
-    So a crash can re-send alerts (with the same ``alert_id``) but never lose one.
-    """
-    observers = list(observers)
-    stats = RunStats()
-    started = last_commit = time.monotonic()
-    positions = None
-
-    def commit() -> None:
-        for sink in (*alert_sinks, dead_letters):
-            sink.flush()
-        if positions is not None:
-            source.commit(positions)
-        log.debug("committed", positions=positions)
-
-    for batch in source.batches():
-        result = pipeline.process(batch)
-        for alert in result.alerts:
-            for sink in alert_sinks:
-                sink.add(alert)
-        for dead in result.dead_letters:
-            dead_letters.add(dead)
-        for model_id, version in result.trained:
-            report = pipeline.detector.slot(model_id).last_report
-            log.info("model_trained", model=model_id or "shared", version=version, **_report_fields(report))
-        for observe in observers:
-            observe(result)
-        stats.events += len(result.events)
-        stats.alerts += len(result.alerts)
-        stats.dead_letters += len(result.dead_letters)
-        stats.batches += 1
-        positions = batch.positions
-        if time.monotonic() - last_commit >= commit_interval_s:
-            commit()
-            last_commit = time.monotonic()
-        if should_stop():
-            break
-    commit()
-    stats.seconds = time.monotonic() - started
-    stats.keys = set(pipeline.states)
-    return stats
+    """Run a :class:`Runner` to the end of its source (see there for the commit order)."""
+    runner = Runner(source, pipeline, alert_sinks, dead_letters, observers, should_stop, commit_interval_s)
+    return runner.run()
 
 
 def _report_fields(report: object) -> dict[str, object]:
@@ -156,14 +217,14 @@ def replay(
         if outputs.alerts is not None:
             alert_sinks: list[Sink] = [FileSink(outputs.alerts, append=False)]
         else:
-            alert_sinks = [build_sink(s) for s in config.output.alerts]
+            alert_sinks = [build_sink(s, config.kafka) for s in config.output.alerts]
         for sink in alert_sinks:
             stack.callback(sink.close)
         dead_config = config.output.dead_letter
         if outputs.dead_letter is not None:
             dead_sink: Sink | None = FileSink(outputs.dead_letter, append=False)
         else:
-            dead_sink = build_sink(dead_config) if dead_config else None
+            dead_sink = build_sink(dead_config, config.kafka) if dead_config else None
         dead = DeadLetterSink(dead_sink)
         stack.callback(dead.close)
         all_observers = list(observers)

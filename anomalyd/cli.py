@@ -41,6 +41,13 @@ def _clean_errors(func: F) -> F:
             _fail(130, "interrupted")
         except BrokenPipeError:
             sys.exit(0)
+        except (click.ClickException, click.exceptions.Exit, SystemExit):
+            raise
+        except Exception as exc:  # a bug or an unexpected failure: still one line, traceback on debug
+            from anomalyd.logs import get_logger
+
+            get_logger("anomalyd").debug("unexpected_error", exc_info=True)
+            _fail(1, f"unexpected {type(exc).__name__}: {exc}")
 
     return wrapper  # type: ignore[return-value]
 
@@ -121,6 +128,56 @@ def replay(
         f"{stats.dead_letters} dead letter(s)",
         err=True,
     )
+
+
+@main.command()
+@click.option(
+    "-c", "--config", "config_path", type=click.Path(dir_okay=False), required=True, help="YAML config."
+)
+@_clean_errors
+def run(config_path: str) -> None:
+    """Run the service until stopped (SIGTERM/SIGINT): Kafka or files in, alerts out."""
+    from anomalyd.service import serve
+
+    serve(_load(config_path))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--topic", required=True, help="Topic to send the records to.")
+@click.option(
+    "--bootstrap-servers", help="host:port[,host:port]; default: the config's kafka.bootstrap_servers."
+)
+@click.option(
+    "-c", "--config", "config_path", type=click.Path(dir_okay=False), help="Config: input and kafka sections."
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Events per second (default: as fast as possible).",
+)
+@click.option("--loop", is_flag=True, help="Start over at the end of the files, until interrupted.")
+@_clean_errors
+def produce(
+    paths: tuple[str, ...], topic: str, bootstrap_servers: str | None, config_path: str | None,
+    rate: float | None, loop: bool,
+) -> None:  # fmt: skip
+    """Stream CSV/JSONL records into a Kafka topic as JSON, keyed by stream key."""
+    from anomalyd.produce import produce as run_produce
+    from anomalyd.sources.file import resolve_paths
+
+    config = _load(config_path)
+    if bootstrap_servers:
+        servers = tuple(s.strip() for s in bootstrap_servers.split(",") if s.strip())
+        config = config.model_copy(
+            update={"kafka": config.kafka.model_copy(update={"bootstrap_servers": servers})}
+        )
+    try:
+        resolve_paths(paths)
+    except AnomalydError as exc:
+        raise click.UsageError(str(exc)) from None
+    sent = run_produce(paths, topic, config, rate, loop)
+    click.echo(f"sent {sent} records to {topic}", err=True)
 
 
 @main.group()

@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from anomalyd.errors import ConfigError
 
@@ -147,19 +155,122 @@ class AlertConfig(_Section):
 
 
 class SinkConfig(_Section):
-    type: Literal["stdout", "file"]
+    """Where alerts or dead letters go: ``stdout``, a JSON-lines ``file``, or a ``kafka`` topic."""
+
+    type: Literal["stdout", "file", "kafka"]
     path: str | None = None
+    topic: str | None = None
 
     @model_validator(mode="after")
-    def _path_for_files(self) -> SinkConfig:
+    def _target(self) -> SinkConfig:
         if self.type == "file" and not self.path:
             raise ValueError("a 'file' sink needs a path")
+        if self.type == "kafka" and not self.topic:
+            raise ValueError("a 'kafka' sink needs a topic")
         return self
 
 
 class OutputConfig(_Section):
     alerts: tuple[SinkConfig, ...] = (SinkConfig(type="stdout"),)
     dead_letter: SinkConfig | None = None
+    scores: str | None = None  # path of a per-event scores CSV (as `replay --scores`)
+
+
+class KafkaSecurityConfig(_Section):
+    """TLS and SASL settings; put secrets in ``${ENV}`` variables, they are never logged."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSecurityConfig:
+        if self.protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"protocol {self.protocol} needs sasl_mechanism, sasl_username and sasl_password"
+            )
+        return self
+
+
+class KafkaConfig(_Section):
+    """The connection shared by the Kafka source and the Kafka sinks."""
+
+    bootstrap_servers: tuple[str, ...] = Field(("127.0.0.1:9092",), min_length=1)
+    client_id: str = "anomalyd"
+    request_timeout_ms: int = Field(30_000, ge=1000)
+    security: KafkaSecurityConfig = KafkaSecurityConfig()
+
+    @field_validator("bootstrap_servers", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        """``"a:9092,b:9092"`` (one ``${ENV}`` holding several brokers) becomes two entries."""
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list | tuple):
+            return tuple(part.strip() for item in items for part in str(item).split(",") if part.strip())
+        return value
+
+
+class KafkaSourceConfig(_Section):
+    """The consumer group. The stream key is ``input.key_field`` if set, else the message key."""
+
+    topics: tuple[str, ...] = ()
+    topic_pattern: str | None = None
+    group_id: str = "anomalyd"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    fetch_max_wait_ms: int = Field(500, ge=0)
+    max_poll_records: int = Field(1000, ge=1)
+    poll_timeout_ms: int = Field(200, ge=1)
+
+    @model_validator(mode="after")
+    def _topics_or_pattern(self) -> KafkaSourceConfig:
+        if bool(self.topics) == bool(self.topic_pattern):
+            raise ValueError("set exactly one of topics (a list) or topic_pattern (a regex)")
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
+        return self
+
+
+class SourceConfig(_Section):
+    """What `anomalyd run` reads: files (as a replay) or a Kafka consumer group."""
+
+    type: Literal["file", "kafka"] = "file"
+    paths: tuple[str, ...] = ()
+    kafka: KafkaSourceConfig | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SourceConfig:
+        if self.type == "kafka" and self.kafka is None:
+            raise ValueError("a 'kafka' source needs a kafka section (topics, group_id, ...)")
+        if self.type == "file" and self.kafka is not None:
+            raise ValueError("a 'file' source takes paths, not a kafka section")
+        return self
+
+
+class MetricsConfig(_Section):
+    """Prometheus metrics, /healthz and /readyz over HTTP; loopback unless configured otherwise."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class ServiceConfig(_Section):
+    commit_interval_s: float = Field(5.0, gt=0.0)
+    shutdown_deadline_s: float = Field(30.0, gt=0.0)
+    retry_backoff_s: float = Field(0.5, gt=0.0)
+    retry_backoff_max_s: float = Field(30.0, gt=0.0)
+    metrics: MetricsConfig = MetricsConfig()
 
 
 class LoggingConfig(_Section):
@@ -177,6 +288,9 @@ class Config(_Section):
     threshold: ThresholdConfig = ThresholdConfig()
     alerts: AlertConfig = AlertConfig()
     output: OutputConfig = OutputConfig()
+    source: SourceConfig = SourceConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    service: ServiceConfig = ServiceConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

@@ -45,6 +45,10 @@ class Detector:
             dropout=model.dropout,
         )
         self.device = resolve_device(model.device)
+        if model.threads is not None:
+            # Explicit, so that several processes on one host do not oversubscribe the cores
+            # (OpenMP workers spin; two processes of two threads each on two cores crawl).
+            torch.set_num_threads(model.threads)
         self.slots: dict[str, ModelSlot] = {}
 
     def model_id(self, key: str) -> str:

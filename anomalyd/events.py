@@ -40,6 +40,8 @@ class DeadLetter:
     reason: str
     record: Any
     source: dict[str, Any]
+    raw: bytes | None = None  # the message value exactly as received (Kafka), for a DLQ topic
+    raw_key: bytes | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"reason": self.reason, "source": self.source, "record": self.record}

@@ -44,6 +44,9 @@ class FeatureTransform:
     def n_features(self) -> int:
         return len(self.names)
 
+    def forget(self, key_index: int) -> None:
+        self._previous.pop(key_index, None)
+
     def apply(self, key_index: int, raw: np.ndarray) -> np.ndarray:
         """Features for one record of key ``key_index``; raises FeatureError when not finite."""
         if self.identity:

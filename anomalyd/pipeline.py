@@ -16,6 +16,7 @@ A key goes through three states:
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +54,7 @@ class BatchResult:
     alerts: list[Alert] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     trained: list[tuple[str, int]] = field(default_factory=list)
+    seconds: float = 0.0  # time spent in process()
 
 
 @dataclass(slots=True)
@@ -104,7 +106,22 @@ class Pipeline:
             )
         return state
 
+    def forget(self, keys: set[str]) -> None:
+        """Drop the state of ``keys`` (their partitions moved to another consumer).
+
+        A key seen again later starts over: warm-up, training (per-key scope), calibration.
+        """
+        for key in keys:
+            state = self.states.pop(key, None)
+            if state is None:
+                continue
+            self.windows.reset(state.index)
+            self.features.forget(state.index)
+            if self.config.model.scope == "per_key":
+                self.detector.slots.pop(state.model_id, None)
+
     def process(self, batch: Batch) -> BatchResult:
+        started = time.perf_counter()
         events: list[Event] = []
         dead = list(batch.dead_letters)
         trained: list[tuple[str, int]] = []
@@ -143,7 +160,8 @@ class Pipeline:
                 trained.append((state.model_id, self.detector.slot(state.model_id).version))
         self._score_pending(pending, events, scores, thresholds, flags, alerts)
         m = len(events)
-        return BatchResult(events, scores[:m], thresholds[:m], flags[:m], alerts, dead, trained)
+        seconds = time.perf_counter() - started
+        return BatchResult(events, scores[:m], thresholds[:m], flags[:m], alerts, dead, trained, seconds)
 
     def _train(self, model_id: str) -> None:
         """Train ``model_id`` on its buffer, then calibrate each key's threshold on its windows."""
@@ -152,7 +170,9 @@ class Pipeline:
         scores, _ = self.detector.score(model_id, np.stack([w for _, w in buffer]))
         by_index = {s.index: s for s in self.states.values() if s.model_id == model_id}
         for (index, _), score in zip(buffer, scores, strict=True):
-            by_index[index].threshold.update(float(score))
+            state = by_index.get(index)
+            if state is not None:  # None: the key was forgotten after a rebalance
+                state.threshold.update(float(score))
 
     def _score_pending(
         self,

@@ -91,5 +91,11 @@ class WindowStore:
         start = int(self._count[idx]) % self.length
         return self._ring[idx, start : start + self.length]
 
+    def reset(self, idx: int) -> None:
+        """Forget a key's values and statistics; its row is kept for when it returns."""
+        self._count[idx] = 0
+        self._mean[idx] = 0.0
+        self._m2[idx] = 0.0
+
     def count(self, idx: int) -> int:
         return int(self._count[idx])

@@ -19,7 +19,7 @@ class Batch:
 
     events: list[Event]
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    positions: dict[str, Any] = field(default_factory=dict)
+    positions: dict[Any, Any] = field(default_factory=dict)
 
 
 class Source(Protocol):
@@ -31,7 +31,7 @@ class Source(Protocol):
         """Events per key when the input's length is known up front (a replay), else None."""
         ...
 
-    def commit(self, positions: dict[str, Any]) -> None:
+    def commit(self, positions: dict[Any, Any]) -> None:
         """Record that everything up to ``positions`` is done (no-op for plain files)."""
         ...
 

@@ -377,7 +377,7 @@ class FileSource:
                     continue
                 yield key_of(record.get(key_field)) if record.__class__ is dict else None
 
-    def commit(self, positions: dict[str, Any]) -> None:
+    def commit(self, positions: dict[Any, Any]) -> None:
         """Nothing to do: a file replay starts from the beginning each time."""
 
     def close(self) -> None:

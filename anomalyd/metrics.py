@@ -1,0 +1,126 @@
+"""Prometheus metrics, liveness and readiness over HTTP, on 127.0.0.1 unless configured.
+
+``/metrics`` (Prometheus text format), ``/healthz`` (200 while the main loop is alive),
+``/readyz`` (200 while partitions are assigned and consumed, and sinks accept writes).
+Labels carry only topics and partitions: never a secret, never a per-key label.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from anomalyd.pipeline import BatchResult
+
+
+class Metrics:
+    """The daemon's metrics in a registry of their own (tests may build several)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter("anomalyd_events", "Events scored or warming up", registry=r)
+        self.alerts = Counter("anomalyd_alerts", "Alerts raised", registry=r)
+        self.dead_letters = Counter("anomalyd_dead_letters", "Records dead-lettered", registry=r)
+        self.batch_seconds = Histogram(
+            "anomalyd_batch_seconds",
+            "Time to process one polled batch",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.lag = Gauge(
+            "anomalyd_consumer_lag", "Messages behind the high watermark", ["topic", "partition"], registry=r
+        )
+        self.model_version = Gauge("anomalyd_model_version", "Highest live model version", registry=r)
+        self.models = Gauge("anomalyd_models", "Trained models (one per key with scope per_key)", registry=r)
+        self.model_age = Gauge(
+            "anomalyd_model_age_seconds", "Seconds since the last model was trained", registry=r
+        )
+        self.trainings = Counter("anomalyd_trainings", "Models trained", registry=r)
+        self.keys = Gauge("anomalyd_keys", "Keys with state in this process", registry=r)
+        self.ready = Gauge("anomalyd_ready", "1 when assigned, consuming and publishing", registry=r)
+        self._last_training: float | None = None
+        self._max_version = 0
+        self.model_age.set_function(self._model_age)
+
+    def _model_age(self) -> float:
+        return time.time() - self._last_training if self._last_training is not None else float("nan")
+
+    def observe(self, result: BatchResult) -> None:
+        self.events.inc(len(result.events))
+        self.alerts.inc(len(result.alerts))
+        self.dead_letters.inc(len(result.dead_letters))
+        if result.events or result.dead_letters:
+            self.batch_seconds.observe(result.seconds)
+        if result.trained:
+            self.trainings.inc(len(result.trained))
+            self._last_training = time.time()
+            self._max_version = max(self._max_version, *(v for _, v in result.trained))
+            self.model_version.set(self._max_version)
+
+    def set_lag(self, lags: dict[tuple[str, int], int]) -> None:
+        for (topic, partition), lag in lags.items():
+            self.lag.labels(topic, str(partition)).set(lag)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """A small threaded HTTP server; ``alive`` and ``ready`` are callables read per request."""
+
+    def __init__(
+        self, metrics: Metrics, host: str, port: int, alive: Callable[[], bool], ready: Callable[[], bool]
+    ):
+        self.metrics = metrics
+        handler = _handler(metrics, alive, ready)
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="anomalyd-http", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(
+    metrics: Metrics, alive: Callable[[], bool], ready: Callable[[], bool]
+) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._reply(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                ok = alive()
+                self._reply(200 if ok else 503, b"ok\n" if ok else b"stalled\n")
+            elif path == "/readyz":
+                ok = ready()
+                self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+            else:
+                self._reply(404, b"not found\n")
+
+        def _reply(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    return Handler

@@ -1,0 +1,48 @@
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+from anomalyd.events import Event
+from anomalyd.metrics import HealthServer, Metrics
+from anomalyd.pipeline import BatchResult
+
+
+def fetch(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_health_and_readiness_follow_their_callables():
+    state = {"alive": True, "ready": False}
+    metrics = Metrics()
+    server = HealthServer(metrics, "127.0.0.1", 0, lambda: state["alive"], lambda: state["ready"])
+    server.start()
+    try:
+        host, port = server.address
+        assert host == "127.0.0.1"
+        assert fetch(port, "/healthz")[0] == 200
+        assert fetch(port, "/readyz")[0] == 503
+        state["ready"] = True
+        assert fetch(port, "/readyz")[0] == 200
+        state["alive"] = False
+        assert fetch(port, "/healthz")[0] == 503
+        assert fetch(port, "/other")[0] == 404
+    finally:
+        server.close()
+
+
+def test_metrics_count_a_batch():
+    metrics = Metrics()
+    events = [Event("k", "t", 0.0, np.array([1.0]), {}) for _ in range(3)]
+    result = BatchResult(events, np.zeros(3), np.zeros(3), np.zeros(3, bool), trained=[("", 2)], seconds=0.01)
+    metrics.observe(result)
+    metrics.set_lag({("in", 1): 42})
+    text = metrics.exposition().decode()
+    assert "anomalyd_events_total 3.0" in text
+    assert "anomalyd_model_version 2.0" in text
+    assert 'anomalyd_consumer_lag{partition="1",topic="in"} 42.0' in text
+    assert "anomalyd_batch_seconds_count 1.0" in text
