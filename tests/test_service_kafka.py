@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,47 @@ def test_secrets_never_reach_the_logs(kafka_broker, unique, daemons):
     wait_until(lambda: daemon.events("consumer_started") or daemon.events("broker_unavailable"), 30, 0.1)
     daemon.kill()
     assert "hunter2-s3cret" not in Path(daemon.log_path).read_text()
+
+
+def slow_file_daemon(daemons, tmp_path, deadline_s: float) -> Daemon:
+    """A daemon fed from a file whose first batch trains for minutes: a stop must interrupt it."""
+    config = service_config("127.0.0.1:1", "unused", "unused")
+    config["source"] = {"type": "file", "paths": [str(EXAMPLE)]}
+    config["training"] = {"warmup_events": 750, "epochs": 10_000}
+    config["output"] = {"alerts": [{"type": "file", "path": str(tmp_path / "alerts.jsonl")}]}
+    config["service"]["shutdown_deadline_s"] = deadline_s
+    daemon = daemons(config)
+    wait_until(lambda: daemon.get("/healthz")[0] == 200, 30, 0.1, "healthz")
+    return daemon
+
+
+def test_second_signal_exits_at_once(daemons, tmp_path):
+    daemon = slow_file_daemon(daemons, tmp_path, deadline_s=600)
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: daemon.events("stopping"), 30, 0.1, "stopping logged")
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert daemon.events("stopped_at_once")
+
+
+def test_shutdown_deadline_bounds_a_graceful_stop(daemons, tmp_path):
+    daemon = slow_file_daemon(daemons, tmp_path, deadline_s=1.0)
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGINT)
+    assert daemon.proc.wait(timeout=30) == 1
+    assert daemon.events("shutdown_deadline_exceeded")
+
+
+def test_file_source_service_runs_to_the_end(daemons, tmp_path):
+    config = service_config("127.0.0.1:1", "unused", "unused")
+    config["source"] = {"type": "file", "paths": [str(EXAMPLE)]}
+    config["output"] = {"alerts": [{"type": "file", "path": str(tmp_path / "alerts.jsonl")}]}
+    daemon = daemons(config)
+    assert daemon.proc is not None
+    assert daemon.proc.wait(timeout=120) == 0
+    expected = tmp_path / "replay.jsonl"
+    replay(
+        [str(EXAMPLE)], parse_config({**FAST_MODEL, "output": {"alerts": []}}), ReplayOutputs(alerts=expected)
+    )
+    assert (tmp_path / "alerts.jsonl").read_text() == expected.read_text()
