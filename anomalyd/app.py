@@ -150,6 +150,18 @@ class Runner:
                 log.info(
                     "model_trained", model=model_id or "shared", version=version, **_report_fields(report)
                 )
+            for outcome in result.retrained:
+                log.info(
+                    "model_retrained",
+                    model=outcome.model_id or "shared",
+                    promoted=outcome.promoted,
+                    reason=outcome.reason,
+                    version=outcome.version,
+                    windows=outcome.windows,
+                    validation_loss=outcome.validation_loss,
+                    champion_loss=outcome.champion_loss,
+                    scale=outcome.scale,
+                )
             for observe in self.observers:
                 observe(result)
             stats.events += len(result.events)
@@ -214,6 +226,7 @@ def replay(
         source = FileSource(paths, config.input)
         stack.callback(source.close)
         pipeline = Pipeline(config, source.expected_lengths())
+        stack.callback(pipeline.close)
         if outputs.alerts is not None:
             alert_sinks: list[Sink] = [FileSink(outputs.alerts, append=False)]
         else:

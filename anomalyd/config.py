@@ -149,6 +149,27 @@ class ThresholdConfig(_Section):
     min_samples: int = Field(30, ge=1)
 
 
+class RetrainingConfig(_Section):
+    """When live models are retrained, off the scoring path, on recent normal windows.
+
+    A retraining starts after ``every_events`` windows scored by a model, after
+    ``every_seconds``, or when a drift detector (ADWIN) sees the model's scores shift. The
+    candidate trains in a worker thread while the live model keeps scoring; it goes live
+    exactly ``swap_after_events`` scored windows after the trigger (the loop waits if it is
+    not done by then), so the same stream always gives the same alerts. It must not be worse
+    than the live model on held-back recent windows by more than ``tolerance``.
+    """
+
+    enabled: bool = True
+    every_events: int | None = Field(20_000, ge=1)
+    every_seconds: float | None = Field(None, gt=0.0)
+    on_drift: bool = True
+    drift_delta: float = Field(0.002, gt=0.0, lt=1.0)
+    min_windows: int = Field(256, ge=2)
+    swap_after_events: int = Field(1024, ge=1)
+    tolerance: float = Field(0.1, ge=0.0)
+
+
 class AlertConfig(_Section):
     min_consecutive: int = Field(1, ge=1)
     cooldown_events: int = Field(64, ge=0)
@@ -286,6 +307,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     threshold: ThresholdConfig = ThresholdConfig()
+    retraining: RetrainingConfig = RetrainingConfig()
     alerts: AlertConfig = AlertConfig()
     output: OutputConfig = OutputConfig()
     source: SourceConfig = SourceConfig()

@@ -1,41 +1,90 @@
-"""Score batches of windows with the right model; collect normal windows to learn from.
+"""Score batches of windows with the right model; keep learning from normal windows.
 
 With ``scope: per_key`` every key has a model of its own; with ``shared`` all keys use one
 model (each key still normalised on its own). Models are addressed by a model id: the
 key itself, or ``""`` for the shared model.
+
+Retraining (see :class:`~anomalyd.config.RetrainingConfig`) runs in a worker thread on a
+copy of the model's buffer of recent normal windows; the live model keeps scoring. The
+candidate is judged and swapped in at a fixed count of scored windows, so the outcome does
+not depend on how fast the machine trained it.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from river.drift import ADWIN
 
-from anomalyd.config import ModelConfig, TrainingConfig
+from anomalyd.config import ModelConfig, RetrainingConfig, TrainingConfig
 from anomalyd.model import Autoencoder, AutoencoderArgs, reconstruction_errors, resolve_device
-from anomalyd.training import FitReport, fit
+from anomalyd.training import Candidate, FitReport, challenge, fit
 
 SHARED = ""
 
 
 @dataclass
+class RetrainJob:
+    future: Future[Candidate]
+    swap_at: int  # the slot's `scored` count after which the candidate is judged and swapped in
+    reason: str
+    windows: int
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    """What one retraining came to; the pipeline reports it, the service logs it."""
+
+    model_id: str
+    version: int  # the live version afterwards
+    promoted: bool
+    reason: str
+    windows: int
+    validation_loss: float
+    champion_loss: float
+    scale: float
+
+
+@dataclass
 class ModelSlot:
-    """One model and what it learns from: the newest normal windows, tagged with their key."""
+    """One model, what it learns from (the newest normal windows, tagged with their key) and
+    its retraining state."""
 
     model: Autoencoder | None = None
     version: int = 0
     buffer: deque[tuple[int, np.ndarray]] = field(default_factory=deque)
     last_report: FitReport | None = None
+    scored: int = 0
+    since_training: int = 0
+    trained_at: float = 0.0
+    drift: ADWIN | None = None
+    drifted: bool = False
+    job: RetrainJob | None = None
 
 
 class Detector:
     """Batched scoring (one forward pass per model per batch) and training of the autoencoders."""
 
-    def __init__(self, model: ModelConfig, training: TrainingConfig, n_features: int, window_length: int):
+    def __init__(
+        self,
+        model: ModelConfig,
+        training: TrainingConfig,
+        n_features: int,
+        window_length: int,
+        retraining: RetrainingConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.config = model
         self.training = training
+        self.retraining = retraining or RetrainingConfig(enabled=False)
+        self.clock = clock
         self.args = AutoencoderArgs(
             n_features=n_features,
             window_length=window_length,
@@ -50,6 +99,7 @@ class Detector:
             # (OpenMP workers spin; two processes of two threads each on two cores crawl).
             torch.set_num_threads(model.threads)
         self.slots: dict[str, ModelSlot] = {}
+        self._executor: ThreadPoolExecutor | None = None
 
     def model_id(self, key: str) -> str:
         return key if self.config.scope == "per_key" else SHARED
@@ -65,12 +115,13 @@ class Detector:
         self.slot(model_id).buffer.append((key_index, window.copy()))
 
     def train(self, model_id: str) -> FitReport:
-        """Fit a new model on the slot's buffer and make it live with the next version."""
+        """Fit the first model on the slot's buffer (blocking) and make it live as version 1."""
         slot = self.slot(model_id)
         windows = np.stack([w for _, w in slot.buffer])
         seed = self.config.seed + slot.version
         slot.model, slot.last_report = fit(self.args, windows, self.training, seed, self.device)
         slot.version += 1
+        self._reset_schedule(slot)
         return slot.last_report
 
     def score(self, model_id: str, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,3 +141,85 @@ class Detector:
     def is_trained(self, model_id: str) -> bool:
         slot = self.slots.get(model_id)
         return slot is not None and slot.model is not None
+
+    # -- online retraining ------------------------------------------------------------------
+    def observe(
+        self, model_id: str, score: float, learnable: bool, key_index: int, window: np.ndarray
+    ) -> bool:
+        """Account for one decided window, in stream order; True when a candidate is due now.
+
+        Only ``learnable`` windows are kept for training: the pipeline says no for a window
+        flagged anomalous and for every window that still contains a flagged point.
+        """
+        slot = self.slots[model_id]
+        slot.scored += 1
+        slot.since_training += 1
+        if learnable:
+            slot.buffer.append((key_index, window.copy()))
+        if slot.drift is not None and math.isfinite(score):
+            slot.drift.update(score)
+            slot.drifted = slot.drifted or slot.drift.drift_detected
+        if slot.job is None:
+            reason = self._trigger(slot)
+            if reason is not None:
+                self._start(slot, reason)
+        return slot.job is not None and slot.scored >= slot.job.swap_at
+
+    def _trigger(self, slot: ModelSlot) -> str | None:
+        cfg = self.retraining
+        if not cfg.enabled or len(slot.buffer) < cfg.min_windows:
+            return None
+        if cfg.every_events is not None and slot.since_training >= cfg.every_events:
+            return "events"
+        if slot.drifted:
+            return "drift"
+        if cfg.every_seconds is not None and self.clock() - slot.trained_at >= cfg.every_seconds:
+            return "time"
+        return None
+
+    def _start(self, slot: ModelSlot, reason: str) -> None:
+        assert slot.model is not None
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anomalyd-train")
+        windows = np.stack([w for _, w in slot.buffer])
+        seed = self.config.seed + slot.version
+        future = self._executor.submit(
+            challenge, self.args, windows, self.training, seed, self.device, slot.model
+        )
+        slot.job = RetrainJob(future, slot.scored + self.retraining.swap_after_events, reason, len(windows))
+        self._reset_schedule(slot)
+
+    def _reset_schedule(self, slot: ModelSlot) -> None:
+        slot.since_training = 0
+        slot.trained_at = self.clock()
+        slot.drifted = False
+        slot.drift = ADWIN(delta=self.retraining.drift_delta) if self.retraining.on_drift else None
+
+    def swap(self, model_id: str) -> RetrainOutcome:
+        """Wait for the due candidate, judge it against the live model, promote it or not."""
+        slot = self.slots[model_id]
+        job = slot.job
+        assert job is not None
+        candidate = job.future.result()
+        slot.job = None
+        loss = candidate.report.validation_loss
+        limit = candidate.champion_loss * (1.0 + self.retraining.tolerance)
+        promoted = not (math.isfinite(loss) and math.isfinite(limit)) or loss <= limit
+        if promoted:
+            slot.model, slot.last_report = candidate.model, candidate.report
+            slot.version += 1
+        return RetrainOutcome(
+            model_id,
+            slot.version,
+            promoted,
+            job.reason,
+            job.windows,
+            loss,
+            candidate.champion_loss,
+            candidate.scale,
+        )
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None

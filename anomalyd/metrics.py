@@ -42,6 +42,9 @@ class Metrics:
             "anomalyd_model_age_seconds", "Seconds since the last model was trained", registry=r
         )
         self.trainings = Counter("anomalyd_trainings", "Models trained", registry=r)
+        self.retrains = Counter(
+            "anomalyd_retrains", "Retrainings judged, by outcome", ["outcome"], registry=r
+        )
         self.keys = Gauge("anomalyd_keys", "Keys with state in this process", registry=r)
         self.ready = Gauge("anomalyd_ready", "1 when assigned, consuming and publishing", registry=r)
         self._last_training: float | None = None
@@ -57,6 +60,11 @@ class Metrics:
         self.dead_letters.inc(len(result.dead_letters))
         if result.events or result.dead_letters:
             self.batch_seconds.observe(result.seconds)
+        for outcome in result.retrained:
+            self.retrains.labels("promoted" if outcome.promoted else "rejected").inc()
+            self._last_training = time.time()
+            self._max_version = max(self._max_version, outcome.version)
+            self.model_version.set(self._max_version)
         if result.trained:
             self.trainings.inc(len(result.trained))
             self._last_training = time.time()

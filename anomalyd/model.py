@@ -45,7 +45,7 @@ class AutoencoderArgs:
 
 
 class Autoencoder(nn.Module):
-    def __init__(self, args: AutoencoderArgs):
+    def __init__(self, args: AutoencoderArgs, generator: torch.Generator | None = None):
         super().__init__()
         self.args = args
         rnn = _CELLS[args.cell]
@@ -54,24 +54,26 @@ class Autoencoder(nn.Module):
         self.encoder = rnn(args.n_features, H, L, batch_first=True, dropout=dropout)
         self.decoder = rnn(H, H, L, batch_first=True, dropout=dropout)
         self.head = nn.Linear(args.hidden_size, args.n_features)
-        self._init_weights()
+        self._init_weights(generator)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, generator: torch.Generator | None) -> None:
+        """Every parameter is set here, from ``generator`` when given: no global RNG state,
+        so trainings in several threads stay reproducible."""
         # Orthogonal recurrent weights keep the gradient's norm through time (Saxe et al., 2014);
         # a forget-gate bias of 1 lets LSTMs remember by default (Jozefowicz et al., 2015).
         for rnn in (self.encoder, self.decoder):
             for name, param in rnn.named_parameters():
                 if "weight_hh" in name:
                     for chunk in param.data.chunk(param.shape[0] // param.shape[1]):
-                        nn.init.orthogonal_(chunk)
+                        nn.init.orthogonal_(chunk, generator=generator)
                 elif "weight_ih" in name:
-                    nn.init.xavier_uniform_(param.data)
+                    nn.init.xavier_uniform_(param.data, generator=generator)
                 elif "bias" in name:
                     param.data.zero_()
                     if self.args.cell == "lstm":
                         hidden = self.args.hidden_size
                         param.data[hidden : 2 * hidden] = 0.5  # two biases add up to 1
-        nn.init.xavier_uniform_(self.head.weight)
+        nn.init.xavier_uniform_(self.head.weight, generator=generator)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import numpy as np
 
 from anomalyd.alerting import AlertGate
 from anomalyd.config import Config
-from anomalyd.detector import Detector
+from anomalyd.detector import Detector, RetrainOutcome
 from anomalyd.events import Alert, DeadLetter, Event, alert_id
 from anomalyd.features import FeatureError, FeatureTransform
 from anomalyd.sources.base import Batch
@@ -41,6 +41,7 @@ class KeyState:
     threshold: Threshold
     gate: AlertGate
     sequence: int = 0
+    quarantine: int = 0  # windows of this key before this sequence overlap a flagged point
 
 
 @dataclass
@@ -55,6 +56,16 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     trained: list[tuple[str, int]] = field(default_factory=list)
     seconds: float = 0.0  # time spent in process()
+    retrained: list[RetrainOutcome] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Outputs:
+    scores: np.ndarray
+    thresholds: np.ndarray
+    flags: np.ndarray
+    alerts: list[Alert]
+    retrained: list[RetrainOutcome]
 
 
 @dataclass(slots=True)
@@ -79,7 +90,7 @@ class Pipeline:
             config.window.length, self.features.n_features, config.window.stride, config.window.normalise
         )
         self.detector = Detector(
-            config.model, config.training, self.features.n_features, config.window.length
+            config.model, config.training, self.features.n_features, config.window.length, config.retraining
         )
         self.expected_lengths = expected_lengths or {}
         self.states: dict[str, KeyState] = {}
@@ -127,10 +138,7 @@ class Pipeline:
         trained: list[tuple[str, int]] = []
         pending: list[_Pending] = []
         n = len(batch.events)
-        scores = np.full(n, np.nan)
-        thresholds = np.full(n, np.nan)
-        flags = np.zeros(n, dtype=bool)
-        alerts: list[Alert] = []
+        out = _Outputs(np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool), [], [])
         for event in batch.events:
             index = self.windows.index(event.key)
             try:
@@ -150,18 +158,35 @@ class Pipeline:
             if sequence >= state.warmup:
                 pending.append(_Pending(position, sequence, state, window, decide=True))
                 continue
-            self.detector.remember(state.model_id, index, window)
+            if sequence >= 2 * self.config.window.length - 1 or sequence == state.warmup - 1:
+                # The first windows are normalised with the statistics of a handful of values;
+                # they would teach the model (and its thresholds) noise.
+                self.detector.remember(state.model_id, index, window)
             if trained_now:
                 pending.append(_Pending(position, sequence, state, window, decide=False))
             elif sequence == state.warmup - 1:
-                self._score_pending(pending, events, scores, thresholds, flags, alerts)
+                self._score_pending(pending, events, out)
                 pending.clear()
                 self._train(state.model_id)
                 trained.append((state.model_id, self.detector.slot(state.model_id).version))
-        self._score_pending(pending, events, scores, thresholds, flags, alerts)
+        self._score_pending(pending, events, out)
         m = len(events)
         seconds = time.perf_counter() - started
-        return BatchResult(events, scores[:m], thresholds[:m], flags[:m], alerts, dead, trained, seconds)
+        return BatchResult(
+            events,
+            out.scores[:m],
+            out.thresholds[:m],
+            out.flags[:m],
+            out.alerts,
+            dead,
+            trained,
+            seconds,
+            out.retrained,
+        )
+
+    def close(self) -> None:
+        """Stop the retraining worker (a training in progress is abandoned)."""
+        self.detector.close()
 
     def _train(self, model_id: str) -> None:
         """Train ``model_id`` on its buffer, then calibrate each key's threshold on its windows."""
@@ -178,11 +203,13 @@ class Pipeline:
         self,
         pending: list[_Pending],
         events: list[Event],
-        scores: np.ndarray,
-        thresholds: np.ndarray,
-        flags: np.ndarray,
-        alerts: list[Alert],
+        out: _Outputs,
     ) -> None:
+        """Score pending windows (one forward pass per model), then decide them in order.
+
+        When a retrained model is due at one of these windows, it is judged and swapped in
+        right after that window, and the model's later windows here are scored again.
+        """
         if not pending:
             return
         by_model: dict[str, list[int]] = {}
@@ -193,18 +220,67 @@ class Pipeline:
         for model_id, rows in by_model.items():
             s, e = self.detector.score(model_id, np.stack([pending[i].window for i in rows]))
             item_scores[rows], item_errors[rows] = s, e
-        for item, raw_score, errors in zip(pending, item_scores, item_errors, strict=True):
+        for i, item in enumerate(pending):
             threshold = item.state.threshold
-            score = float(raw_score)
+            score = float(item_scores[i])
             if not item.decide:
                 threshold.update(score)
                 continue
             limit = threshold.value
             anomalous = threshold.classify(score)
             threshold.update(score)
-            scores[item.position], thresholds[item.position], flags[item.position] = score, limit, anomalous
+            out.scores[item.position], out.thresholds[item.position], out.flags[item.position] = (
+                score,
+                limit,
+                anomalous,
+            )
             if item.state.gate.step(anomalous):
-                alerts.append(self._alert(events[item.position], item, score, limit, errors))
+                out.alerts.append(self._alert(events[item.position], item, score, limit, item_errors[i]))
+            model_id = item.state.model_id
+            # A flagged point stays inside the key's next windows: none of them is learned from.
+            if anomalous:
+                item.state.quarantine = item.sequence + self.config.window.length
+            learnable = not anomalous and item.sequence >= item.state.quarantine
+            if self.detector.observe(model_id, score, learnable, item.state.index, item.window):
+                out.retrained.append(self._swap(model_id))
+                rest = [j for j in by_model[model_id] if j > i]
+                if rest:
+                    s, e = self.detector.score(model_id, np.stack([pending[j].window for j in rest]))
+                    item_scores[rest], item_errors[rest] = s, e
+
+    def _swap(self, model_id: str) -> RetrainOutcome:
+        """Swap in a due candidate and move its keys' thresholds to its score scale.
+
+        Every key's threshold is rescaled by the mean score ratio measured at promotion; a
+        key with enough recent normal windows in the model's buffer gets a threshold rebuilt
+        from the new model's scores of those windows instead, when that one is higher (the
+        new model errs differently, not only more). So the swap itself raises no alerts.
+        """
+        outcome = self.detector.swap(model_id)
+        if not outcome.promoted:
+            return outcome
+        buffer = self.detector.slots[model_id].buffer
+        recent: dict[int, list[float]] = {}
+        if buffer:
+            scores, _ = self.detector.score(model_id, np.stack([w for _, w in buffer]))
+            for (index, _), score in zip(buffer, scores.tolist(), strict=True):
+                recent.setdefault(index, []).append(score)
+        scale = outcome.scale if math.isfinite(outcome.scale) and outcome.scale > 0 else 1.0
+        for state in self.states.values():
+            if state.model_id != model_id:
+                continue
+            state.threshold.rescale(scale)
+            own = recent.get(state.index, [])[-self.config.threshold.window :]
+            if len(own) < self.config.threshold.min_samples:
+                continue
+            rebuilt = make_threshold(self.config.threshold)
+            for score in own:
+                rebuilt.update(score)
+            # The buffer holds normal windows only, so a rebuilt threshold may sit low; the
+            # higher of the two keeps a swap from raising alerts.
+            if not rebuilt.value <= state.threshold.value:
+                state.threshold = rebuilt
+        return outcome
 
     def _alert(self, event: Event, item: _Pending, score: float, limit: float, errors: np.ndarray) -> Alert:
         version = self.detector.slot(item.state.model_id).version

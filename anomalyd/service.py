@@ -112,6 +112,7 @@ def serve(config: Config, stop: StopFlag | None = None) -> RunStats:
         source = build_source(config, stop)
         stack.callback(source.close)
         pipeline = Pipeline(config, source.expected_lengths())
+        stack.callback(pipeline.close)
         alert_sinks: list[Sink] = [build_sink(s, config.kafka) for s in config.output.alerts]
         for sink in alert_sinks:
             stack.callback(sink.close)

@@ -30,6 +30,10 @@ class Threshold(Protocol):
 
     def update(self, score: float) -> None: ...
 
+    def rescale(self, factor: float) -> None:
+        """Move to a new model's score scale (scores multiplied by ``factor``)."""
+        ...
+
 
 class QuantileThreshold:
     """A high quantile of the most recent ``window`` scores, times ``margin``.
@@ -65,6 +69,10 @@ class QuantileThreshold:
         self._stale += 1
         if self._n >= self.min_samples and (self._stale >= self.refresh or self._n <= self._ring.size):
             self._recompute()
+
+    def rescale(self, factor: float) -> None:
+        self._ring *= factor
+        self._value *= factor
 
     def _recompute(self) -> None:
         recent = self._ring[: min(self._n, self._ring.size)]
@@ -113,6 +121,10 @@ class EwmaThreshold:
         delta = score - self._mean
         self._mean += alpha * delta
         self._var = (1.0 - alpha) * (self._var + alpha * delta * delta)
+
+    def rescale(self, factor: float) -> None:
+        self._mean *= factor
+        self._var *= factor * factor
 
 
 def make_threshold(config: ThresholdConfig) -> Threshold:

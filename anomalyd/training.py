@@ -21,6 +21,11 @@ class FitReport:
     validation_loss: float
 
 
+def validation_size(n_windows: int) -> int:
+    """How many of the newest windows are held back from training: a tenth, once there are 20."""
+    return n_windows // 10 if n_windows >= 20 else 0
+
+
 def fit(
     args: AutoencoderArgs,
     windows: np.ndarray,
@@ -36,11 +41,9 @@ def fit(
     if windows.ndim != 3 or len(windows) == 0:
         raise ValueError(f"need windows shaped (N, T, F) with N > 0, got {windows.shape}")
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Autoencoder(args).to(device)
+    model = Autoencoder(args, generator).to(device)
     data = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(device)
-    n_val = len(data) // 10 if len(data) >= 20 else 0
+    n_val = validation_size(len(data))
     train, val = data[: len(data) - n_val], data[len(data) - n_val :]
     optimiser = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
@@ -67,3 +70,35 @@ def fit(
             validation_loss = float(loss_fn(model(val), val))
     report = FitReport(len(data), config.epochs, train_loss, validation_loss)
     return model, report
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A retrained model and how it compares with the live one on the same held-back windows."""
+
+    model: Autoencoder
+    report: FitReport
+    champion_loss: float
+    scale: float  # candidate's mean score / champion's, on the held-back windows
+
+
+def challenge(
+    args: AutoencoderArgs,
+    windows: np.ndarray,
+    config: TrainingConfig,
+    seed: int,
+    device: torch.device,
+    champion: Autoencoder,
+) -> Candidate:
+    """Train a candidate on ``windows`` and score the champion on the candidate's held-back tenth."""
+    model, report = fit(args, windows, config, seed, device)
+    n_val = validation_size(len(windows))
+    if n_val == 0:
+        return Candidate(model, report, math.nan, 1.0)
+    val = torch.from_numpy(np.ascontiguousarray(windows[-n_val:], dtype=np.float32)).to(device)
+    with torch.inference_mode():
+        champion_errors = (champion(val) - val).pow(2).mean(dim=(1, 2))
+        candidate_errors = (model(val) - val).pow(2).mean(dim=(1, 2))
+    champion_mean = float(champion_errors.mean())
+    scale = float(candidate_errors.mean()) / champion_mean if champion_mean > 0 else 1.0
+    return Candidate(model, report, champion_mean, scale)

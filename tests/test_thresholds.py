@@ -82,3 +82,14 @@ def test_gate_cooldown_then_realerts_on_ongoing_incident():
 def test_gate_no_alert_without_anomaly():
     gate = AlertGate()
     assert not any(gate.step(False) for _ in range(100))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_contract_rescale_moves_the_threshold_with_the_scores(method):
+    th = make_threshold(ThresholdConfig(method=method, min_samples=20))
+    rng = np.random.default_rng(3)
+    for s in rng.gamma(2.0, 0.5, 500):
+        th.update(float(s))
+    before = th.value
+    th.rescale(3.0)
+    assert th.value == pytest.approx(3.0 * before, rel=1e-5)
