@@ -51,7 +51,11 @@ def committed_total(bootstrap: str, group: str) -> int:
         admin.close()
 
 
-def test_kafka_alerts_equal_replay_alerts(kafka_broker, unique, daemons, tmp_path):
+RETRAIN_OFTEN = {"every_events": 400, "on_drift": True, "min_windows": 100, "swap_after_events": 50}
+
+
+@pytest.mark.parametrize("retraining", [{"enabled": False}, RETRAIN_OFTEN], ids=["fixed", "retraining"])
+def test_kafka_alerts_equal_replay_alerts(kafka_broker, unique, daemons, tmp_path, retraining):
     bootstrap = kafka_broker.bootstrap
     topic, alerts_topic = f"in-{unique}", f"alerts-{unique}"
     create_topic(bootstrap, topic, 1)
@@ -60,7 +64,11 @@ def test_kafka_alerts_equal_replay_alerts(kafka_broker, unique, daemons, tmp_pat
     produce_confluent(bootstrap, topic, records)
 
     config = service_config(
-        bootstrap, topic, f"g-{unique}", output={"alerts": [{"type": "kafka", "topic": alerts_topic}]}
+        bootstrap,
+        topic,
+        f"g-{unique}",
+        output={"alerts": [{"type": "kafka", "topic": alerts_topic}]},
+        retraining=retraining,
     )
     daemon = daemons(config)
     daemon.wait_events(len(records))
@@ -72,9 +80,8 @@ def test_kafka_alerts_equal_replay_alerts(kafka_broker, unique, daemons, tmp_pat
     assert daemon.stop() == 0
 
     expected = tmp_path / "replay.jsonl"
-    replay(
-        [str(EXAMPLE)], parse_config({**FAST_MODEL, "output": {"alerts": []}}), ReplayOutputs(alerts=expected)
-    )
+    replay_config = parse_config({**FAST_MODEL, "retraining": retraining, "output": {"alerts": []}})
+    replay([str(EXAMPLE)], replay_config, ReplayOutputs(alerts=expected))
     replayed = [json.loads(line) for line in expected.read_text().splitlines()]
     published = [json.loads(m.value) for m in consume_all_confluent(bootstrap, alerts_topic, idle_s=1.0)]
     assert replayed, "the example has anomalies"
@@ -83,6 +90,9 @@ def test_kafka_alerts_equal_replay_alerts(kafka_broker, unique, daemons, tmp_pat
     assert {m.key for m in consume_all_confluent(bootstrap, alerts_topic, idle_s=0.5)} == {b"machine"}
     names = {e["event"] for e in daemon.events()}
     assert {"started", "partitions_assigned", "alert_published", "stopping", "stopped"} <= names
+    if retraining.get("enabled", True):
+        assert daemon.events("model_retrained"), "the schedule retrains several times"
+        assert len({a["model_version"] for a in published}) > 1
 
 
 def test_malformed_records_go_to_the_dead_letter_topic_unchanged(kafka_broker, unique, daemons):
