@@ -58,6 +58,39 @@ class DeadLetterSink:
             self.sink.close()
 
 
+def open_outputs(
+    config: Config,
+    stack: ExitStack,
+    alerts: Path | None = None,
+    dead_letter: Path | None = None,
+    scores: Path | str | None = None,
+) -> tuple[list[Sink], DeadLetterSink, list[Observer]]:
+    """The alert sinks, the dead-letter sink and the scores writer a run needs, closed by ``stack``.
+
+    ``alerts`` and ``dead_letter`` replace the config's sinks with a fresh JSON-lines file.
+    """
+    from anomalyd.sinks.scores import ScoresWriter
+
+    if alerts is not None:
+        alert_sinks: list[Sink] = [FileSink(alerts, append=False)]
+    else:
+        alert_sinks = [build_sink(s, config.kafka) for s in config.output.alerts]
+    for sink in alert_sinks:
+        stack.callback(sink.close)
+    dead_config = config.output.dead_letter
+    if dead_letter is not None:
+        dead = DeadLetterSink(FileSink(dead_letter, append=False))
+    else:
+        dead = DeadLetterSink(build_sink(dead_config, config.kafka) if dead_config else None)
+    stack.callback(dead.close)
+    observers: list[Observer] = []
+    if scores is not None:
+        writer = ScoresWriter(scores)
+        stack.callback(writer.close)
+        observers.append(writer.write)
+    return alert_sinks, dead, observers
+
+
 def build_sink(config: SinkConfig, connection: KafkaConfig) -> Sink:
     if config.type == "stdout":
         return StdoutSink()
@@ -180,20 +213,6 @@ class Runner:
         return stats
 
 
-def run(
-    source: Source,
-    pipeline: Pipeline,
-    alert_sinks: Sequence[Sink],
-    dead_letters: Sink,
-    observers: Iterable[Observer] = (),
-    should_stop: Callable[[], bool] = lambda: False,
-    commit_interval_s: float = 1.0,
-) -> RunStats:
-    """Run a :class:`Runner` to the end of its source (see there for the commit order)."""
-    runner = Runner(source, pipeline, alert_sinks, dead_letters, observers, should_stop, commit_interval_s)
-    return runner.run()
-
-
 def _report_fields(report: object) -> dict[str, object]:
     if report is None:
         return {}
@@ -219,7 +238,6 @@ def replay(
 ) -> RunStats:
     """Replay files through the same loop as the daemon; the library entry point of `anomalyd replay`."""
     from anomalyd.plot import PlotCollector
-    from anomalyd.sinks.scores import ScoresWriter
 
     outputs = outputs or ReplayOutputs()
     with ExitStack() as stack:
@@ -227,24 +245,10 @@ def replay(
         stack.callback(source.close)
         pipeline = Pipeline(config, source.expected_lengths())
         stack.callback(pipeline.close)
-        if outputs.alerts is not None:
-            alert_sinks: list[Sink] = [FileSink(outputs.alerts, append=False)]
-        else:
-            alert_sinks = [build_sink(s, config.kafka) for s in config.output.alerts]
-        for sink in alert_sinks:
-            stack.callback(sink.close)
-        dead_config = config.output.dead_letter
-        if outputs.dead_letter is not None:
-            dead_sink: Sink | None = FileSink(outputs.dead_letter, append=False)
-        else:
-            dead_sink = build_sink(dead_config, config.kafka) if dead_config else None
-        dead = DeadLetterSink(dead_sink)
-        stack.callback(dead.close)
-        all_observers = list(observers)
-        if outputs.scores is not None:
-            writer = ScoresWriter(outputs.scores)
-            stack.callback(writer.close)
-            all_observers.append(writer.write)
+        alert_sinks, dead, all_observers = open_outputs(
+            config, stack, outputs.alerts, outputs.dead_letter, outputs.scores
+        )
+        all_observers = list(observers) + all_observers
         collector = PlotCollector(config.input.feature_names) if outputs.plot is not None else None
         if collector is not None:
             all_observers.append(collector.add)
@@ -252,7 +256,7 @@ def replay(
         log.info("replay_started", files=len(source.paths), rows=total_rows)
         if on_start is not None:
             on_start(total_rows)
-        stats = run(source, pipeline, alert_sinks, dead, all_observers)
+        stats = Runner(source, pipeline, alert_sinks, dead, all_observers).run()
         if collector is not None and outputs.plot is not None:
             collector.save(outputs.plot)
         log.info(

@@ -15,14 +15,12 @@ from contextlib import ExitStack
 from types import FrameType
 
 from anomalyd import __version__
-from anomalyd.app import DeadLetterSink, Observer, Runner, RunStats, build_sink
+from anomalyd.app import Runner, RunStats, open_outputs
 from anomalyd.config import Config
 from anomalyd.errors import ConfigError
 from anomalyd.logs import get_logger
 from anomalyd.metrics import HealthServer, Metrics
 from anomalyd.pipeline import BatchResult, Pipeline
-from anomalyd.sinks.base import Sink
-from anomalyd.sinks.scores import ScoresWriter
 from anomalyd.sources.base import Source
 from anomalyd.sources.file import FileSource
 from anomalyd.sources.kafka import KafkaSource, Partition
@@ -113,17 +111,8 @@ def serve(config: Config, stop: StopFlag | None = None) -> RunStats:
         stack.callback(source.close)
         pipeline = Pipeline(config, source.expected_lengths())
         stack.callback(pipeline.close)
-        alert_sinks: list[Sink] = [build_sink(s, config.kafka) for s in config.output.alerts]
-        for sink in alert_sinks:
-            stack.callback(sink.close)
-        dead_config = config.output.dead_letter
-        dead = DeadLetterSink(build_sink(dead_config, config.kafka) if dead_config else None)
-        stack.callback(dead.close)
-        observers: list[Observer] = [metrics.observe]
-        if config.output.scores:
-            writer = ScoresWriter(config.output.scores)
-            stack.callback(writer.close)
-            observers.append(writer.write)
+        alert_sinks, dead, observers = open_outputs(config, stack, scores=config.output.scores)
+        observers.insert(0, metrics.observe)
         runner = Runner(
             source,
             pipeline,
