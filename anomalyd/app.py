@@ -130,6 +130,7 @@ class Runner:
         retry_backoff_s: float = 0.5,
         retry_backoff_max_s: float = 30.0,
         log_alerts: bool = False,
+        state_dir: Path | None = None,
     ):
         self.source = source
         self.pipeline = pipeline
@@ -142,6 +143,7 @@ class Runner:
         self.retry_backoff_s = retry_backoff_s
         self.retry_backoff_max_s = retry_backoff_max_s
         self.log_alerts = log_alerts
+        self.state_dir = state_dir
         self.positions: dict[Any, Any] | None = None
         self.sinks_healthy = True
         self.stats = RunStats()
@@ -165,6 +167,22 @@ class Runner:
         self.sinks_healthy = True
         if self.positions is not None:
             self.source.commit(self.positions)
+
+    def _checkpoint(self, result: BatchResult) -> None:
+        """Save every model that went live in this batch (versioned, atomic) to the state directory."""
+        from anomalyd.checkpoint import save_model
+
+        assert self.state_dir is not None
+        live = [(m, v, "warmup") for m, v in result.trained]
+        live += [(o.model_id, o.version, o.reason) for o in result.retrained if o.promoted]
+        for model_id, version, reason in live:
+            slot = self.pipeline.detector.slots.get(model_id)
+            if slot is None or slot.model is None or slot.version != version:
+                continue
+            report = slot.last_report
+            meta = {"reason": reason, **_report_fields(report), "config_hash": self.pipeline.config_hash}
+            path = save_model(self.state_dir, model_id, version, slot.model, meta)
+            log.info("checkpoint_saved", model=model_id or "shared", version=version, path=str(path))
 
     def run(self) -> RunStats:
         stats = self.stats
@@ -195,6 +213,8 @@ class Runner:
                     champion_loss=outcome.champion_loss,
                     scale=outcome.scale,
                 )
+            if self.state_dir is not None:
+                self._checkpoint(result)
             for observe in self.observers:
                 observe(result)
             stats.events += len(result.events)

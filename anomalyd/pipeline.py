@@ -15,6 +15,8 @@ A key goes through three states:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -93,6 +95,9 @@ class Pipeline:
             config.model, config.training, self.features.n_features, config.window.length, config.retraining
         )
         self.expected_lengths = expected_lengths or {}
+        # What a checkpoint's model depends on: features, window and model sections.
+        shape = {k: config.model_dump(mode="json")[k] for k in ("input", "window", "model")}
+        self.config_hash = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
         self.states: dict[str, KeyState] = {}
 
     def warmup_for(self, key: str) -> int:

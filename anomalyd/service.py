@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from contextlib import ExitStack
+from pathlib import Path
 from types import FrameType
 
 from anomalyd import __version__
@@ -125,6 +126,7 @@ def serve(config: Config, stop: StopFlag | None = None) -> RunStats:
             retry_backoff_s=config.service.retry_backoff_s,
             retry_backoff_max_s=config.service.retry_backoff_max_s,
             log_alerts=True,
+            state_dir=Path(config.service.state_dir) if config.service.state_dir else None,
         )
 
         def ready() -> bool:
