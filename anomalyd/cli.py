@@ -130,6 +130,86 @@ def replay(
     )
 
 
+def _evaluate_usage(suite: str | None, data_dir: Path | None, nab_labels: Path | None, skab: bool,
+                    replay_options: bool, alerts: Path | None, scores: Path | None) -> None:  # fmt: skip
+    """Reject flag combinations `evaluate` cannot act on (exit 2, as any usage error)."""
+    if sum((suite is not None, nab_labels is not None, skab)) != 1:
+        raise click.UsageError("give exactly one of --suite, --nab-labels, --skab")
+    if (suite is None) != (data_dir is None):
+        raise click.UsageError("DATA_DIR goes with --suite, and only with it")
+    if suite is not None and (alerts or scores):
+        raise click.UsageError(
+            "--suite writes its own outputs; score existing ones with --nab-labels or --skab"
+        )
+    if suite is None and replay_options:
+        raise click.UsageError("-c and --workdir go with --suite")
+    if nab_labels is not None and not (alerts or scores):
+        raise click.UsageError("--nab-labels needs --alerts and/or --scores")
+    if skab and (scores is None or alerts is not None):
+        raise click.UsageError("--skab needs --scores (its is_anomaly column) and takes no --alerts")
+
+
+_EXISTING_FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
+
+
+@main.command()
+@click.argument("data_dir", required=False, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--suite", type=click.Choice(["nab", "skab"]), help="Replay every file of DATA_DIR, then score."
+)
+@click.option(
+    "--nab-labels",
+    type=_EXISTING_FILE,
+    help="Score existing outputs against NAB's combined_windows.json (data files in ../data beside it).",
+)
+@click.option("--skab", is_flag=True, help="Score an existing --scores CSV against the SKAB files it names.")
+@click.option(
+    "-c", "--config", "config_path", type=click.Path(dir_okay=False), help="YAML config for --suite."
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep --suite outputs here (alerts.jsonl, scores.csv, runs/); default: a temporary folder.",
+)
+@click.option("--alerts", "alerts_path", type=_EXISTING_FILE, help="Existing alerts (JSON lines) to score.")
+@click.option("--scores", "scores_path", type=_EXISTING_FILE, help="Existing scores CSV to score.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write JSON.")
+@_clean_errors
+def evaluate(
+    data_dir: Path | None, suite: str | None, nab_labels: Path | None, skab: bool, config_path: str | None,
+    workdir: Path | None, alerts_path: Path | None, scores_path: Path | None, json_path: Path | None,
+) -> None:  # fmt: skip
+    """Score anomalyd on NAB or SKAB: replay a benchmark folder, or score existing outputs.
+
+    \b
+    anomalyd evaluate --suite nab|skab DATA_DIR [-c CONFIG] [--workdir DIR] [--json FILE]
+    anomalyd evaluate --nab-labels FILE [--alerts ALERTS.jsonl] [--scores SCORES.csv] [--json FILE]
+    anomalyd evaluate --skab --scores SCORES.csv [--json FILE]
+    """
+    import json
+
+    from anomalyd.evaluation import NabReport, evaluate_suite, score_nab, score_skab
+    from anomalyd.evaluation.table import format_nab, format_skab
+
+    replay_options = config_path is not None or workdir is not None
+    _evaluate_usage(suite, data_dir, nab_labels, skab, replay_options, alerts_path, scores_path)
+    if suite is not None and data_dir is not None:
+        config = _load(config_path)
+
+        def announce(index: int, total: int, name: str) -> None:
+            click.echo(f"[{index}/{total}] replaying {name}", err=True)
+
+        report = evaluate_suite("nab" if suite == "nab" else "skab", data_dir, config, workdir, announce)
+    elif nab_labels is not None:
+        report = score_nab(nab_labels, alerts_path, scores_path)
+    else:
+        assert scores_path is not None
+        report = score_skab(scores_path)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    click.echo(format_nab(report) if isinstance(report, NabReport) else format_skab(report))
+
+
 @main.command()
 @click.option(
     "-c", "--config", "config_path", type=click.Path(dir_okay=False), required=True, help="YAML config."
@@ -178,6 +258,45 @@ def produce(
         raise click.UsageError(str(exc)) from None
     sent = run_produce(paths, topic, config, rate, loop)
     click.echo(f"sent {sent} records to {topic}", err=True)
+
+
+@main.group()
+def model() -> None:
+    """Inspect the model checkpoints in a state directory."""
+
+
+@model.command("list")
+@click.argument("state_dir", type=click.Path(file_okay=False, exists=True))
+@_clean_errors
+def model_list(state_dir: str) -> None:
+    """One line per checkpoint: model, version, created, validation loss, reason, path."""
+    import datetime
+
+    from anomalyd.checkpoint import list_models
+
+    for entry in list_models(Path(state_dir)):
+        if "error" in entry:
+            click.echo(f"BAD  {entry['path']}: {entry['error']}")
+            continue
+        created = datetime.datetime.fromtimestamp(entry["created_at"], datetime.UTC).isoformat(
+            timespec="seconds"
+        )
+        click.echo(
+            f"{entry['model_id'] or 'shared'}  v{entry['version']}  {created}  "
+            f"val_loss={entry.get('validation_loss', float('nan')):.4g}  "
+            f"{entry.get('reason', '')}  {entry['path']}"
+        )
+
+
+@model.command("show")
+@click.argument("path", type=click.Path(dir_okay=False, exists=True))
+@_clean_errors
+def model_show(path: str) -> None:
+    """A checkpoint's metadata and model arguments, as YAML."""
+    from anomalyd.checkpoint import load_model
+
+    loaded, meta = load_model(Path(path))
+    click.echo(yaml.safe_dump({"meta": meta, "args": loaded.args.to_dict()}, sort_keys=False), nl=False)
 
 
 @main.group()

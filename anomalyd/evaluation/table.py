@@ -1,0 +1,81 @@
+"""Plain-text tables of evaluation reports (returned as text; the CLI prints them)."""
+
+from __future__ import annotations
+
+from anomalyd.evaluation.nab import PROFILES, NabScore
+from anomalyd.evaluation.skab import Counts, SkabReport
+from anomalyd.evaluation.suite import NabReport
+
+_SHORT = {"standard": "standard", "reward_low_FP_rate": "low_FP", "reward_low_FN_rate": "low_FN"}
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _nab_rows(score: NabScore) -> list[list[str]]:
+    groups = [(c or "(none)", score.subset(c)) for c in score.categories] + [("all", score)]
+    rows = []
+    for name, part in groups:
+        counts = [part.total(n) for n in ("windows", "detected", "missed", "fp_detections")]
+        scores = [_number(part.normalised(p)) for p in PROFILES]
+        rows.append([name, str(len(part.files)), *map(str, counts), *scores])
+    return rows
+
+
+def _align(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
+
+
+def format_nab(report: NabReport) -> str:
+    """Per category: windows detected and missed, false-positive alerts, the three profile scores."""
+    lines = []
+    if report.alerts is not None:
+        header = [
+            "category",
+            "files",
+            "windows",
+            "detected",
+            "missed",
+            "FP",
+            *(_SHORT[p.name] for p in PROFILES),
+        ]
+        lines.append("NAB score of the alerts (FP: alerts outside every window, after probation)")
+        lines += _align([header, *_nab_rows(report.alerts)])
+    if report.swept is not None:
+        parts = []
+        for p in PROFILES:
+            swept = report.swept[p.name]
+            parts.append(f"{_SHORT[p.name]} {_number(swept.normalised(p))} (score >= {swept.threshold:.4g})")
+        lines.append("swept threshold on the scores (NAB's oracle, per profile): " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def _skab_row(name: str, c: Counts) -> list[str]:
+    return [
+        name,
+        str(c.rows),
+        str(c.anomalies),
+        str(c.alarms),
+        _number(c.f1, 3),
+        _percent(c.far),
+        _percent(c.mar),
+    ]
+
+
+def format_skab(report: SkabReport) -> str:
+    """Per file and pooled: scored rows, anomalous rows, alarms, F1, FAR, MAR."""
+    header = ["file", "rows", "anomalies", "alarms", "F1", "FAR", "MAR"]
+    rows = [header, *(_skab_row(n, c) for n, c in report.files), _skab_row("pooled", report.pooled)]
+    title = "SKAB point metrics of is_anomaly (rows: after each file's first 400)"
+    return "\n".join([title, *_align(rows)])
