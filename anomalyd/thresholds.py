@@ -51,7 +51,7 @@ class QuantileThreshold:
         self.margin = margin
         self.min_samples = min_samples
         self.refresh = max(1, window // 128)
-        self._ring = np.empty(window, dtype=np.float32)
+        self._ring = np.zeros(window, dtype=np.float32)
         self._n = 0
         self._value = math.nan
         self._stale = 0
