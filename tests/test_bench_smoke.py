@@ -1,0 +1,41 @@
+"""Every benchmark script runs at smoke sizes and prints its table, so the scripts cannot rot.
+
+Only that they run: timings on a shared machine assert nothing (see ``bench/README.md``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .kafka_broker import find_tansu_binary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# script -> a line of its first table's header
+SCRIPTS = {
+    "replay_throughput.py": "| keys | method",
+    "model_ceiling.py": "| batch | 1 thread | 2 threads",
+    "memory.py": "| keys | scoring | events",
+    "kafka_throughput.py": "| threads | events |",
+    "retraining.py": "| windows | threads | epochs",
+}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_bench_script_runs_at_smoke_sizes(script: str) -> None:
+    if script == "kafka_throughput.py" and find_tansu_binary() is None:
+        pytest.skip("the Tansu broker is not installed (dev extra)")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    header = " ".join(SCRIPTS[script].split())
+    assert any(header in " ".join(line.split()) for line in done.stdout.splitlines()), done.stdout[-3000:]
