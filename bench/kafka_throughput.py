@@ -298,7 +298,7 @@ def main() -> None:
     header("Kafka: anomalyd run against a Tansu broker", args.smoke)
     source, rows = taxi_rows()
     if args.smoke:
-        rows = rows[:2_000]
+        rows = rows[:1_000]
     copies, threads, rates, seconds = (1, [1], [1_000], 1.0) if args.smoke else (5, THREADS, RATES, 20.0)
     with (
         tempfile.TemporaryDirectory(prefix="anomalyd-bench-") as tmp,

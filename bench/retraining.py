@@ -26,7 +26,7 @@ import numpy as np
 from common import WINDOW, Num, header, parse_args, percentile, ratio, table
 
 # (windows, threads): 2 threads on a busy 2-core machine can be many times slower, so only the smaller size.
-FITS = {False: [(10_000, 1), (10_000, 2), (100_000, 1)], True: [(64, 1), (64, 2), (128, 1)]}
+FITS = {False: [(10_000, 1), (10_000, 2), (100_000, 1)], True: [(64, 2)]}
 FIT_TIMEOUT_S = {False: 120.0, True: 30.0}  # 2 threads on a busy 2-core machine can take 100x longer
 EPOCHS = 1
 SCORE_BATCH = 512
