@@ -135,6 +135,7 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
     max_windows: int = Field(4096, ge=1)
+    threads: int = Field(1, ge=1, le=256)
 
 
 class ThresholdConfig(_Section):
@@ -157,7 +158,9 @@ class RetrainingConfig(_Section):
     candidate trains in a worker thread while the live model keeps scoring; it goes live
     exactly ``swap_after_events`` scored windows after the trigger (the loop waits if it is
     not done by then), so the same stream always gives the same alerts. It must not be worse
-    than the live model on held-back recent windows by more than ``tolerance``.
+    than the live model on held-back recent windows by more than ``tolerance``. Drift counts
+    only once ``drift_min_events`` windows were scored since the last retraining started, and
+    the detector restarts when a candidate is judged: a new model's scores are not a drift.
     """
 
     enabled: bool = True
@@ -165,6 +168,7 @@ class RetrainingConfig(_Section):
     every_seconds: float | None = Field(None, gt=0.0)
     on_drift: bool = True
     drift_delta: float = Field(0.002, gt=0.0, lt=1.0)
+    drift_min_events: int = Field(4096, ge=0)
     min_windows: int = Field(256, ge=2)
     swap_after_events: int = Field(1024, ge=1)
     tolerance: float = Field(0.1, ge=0.0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +37,40 @@ class RetrainJob:
     swap_at: int  # the slot's `scored` count after which the candidate is judged and swapped in
     reason: str
     windows: int
+    data: np.ndarray  # what the candidate trains on (kept so a snapshot can restart the job)
+    seed: int
+
+
+class DriftMonitor:
+    """river's ADWIN over a model's score stream, rebuilt on demand from its own history.
+
+    ADWIN keeps no serialisable state, so the monitor keeps the scores it was fed since its
+    last reset (at most ``limit``; past that it restarts on the newest half). Feeding the
+    same history to a fresh ADWIN gives the same detector: that is how snapshots restore it.
+    """
+
+    def __init__(self, delta: float, history: np.ndarray | None = None, limit: int = 8192):
+        self.delta = delta
+        self.limit = limit
+        self.history = array("d")
+        self._adwin = ADWIN(delta=delta)
+        if history is not None:
+            self._refeed(history.tolist())
+
+    def _refeed(self, scores: list[float]) -> bool:
+        self.history = array("d", scores)
+        self._adwin = ADWIN(delta=self.delta)
+        for score in scores:
+            self._adwin.update(score)
+        return bool(self._adwin.drift_detected)
+
+    def update(self, score: float) -> bool:
+        """Feed one score; True when ADWIN detects a change at it."""
+        self.history.append(score)
+        if len(self.history) > self.limit:
+            return self._refeed(self.history[-(self.limit // 2) :].tolist())
+        self._adwin.update(score)
+        return bool(self._adwin.drift_detected)
 
 
 @dataclass(frozen=True)
@@ -64,7 +99,7 @@ class ModelSlot:
     scored: int = 0
     since_training: int = 0
     trained_at: float = 0.0
-    drift: ADWIN | None = None
+    drift: DriftMonitor | None = None
     drifted: bool = False
     job: RetrainJob | None = None
 
@@ -119,7 +154,12 @@ class Detector:
         slot = self.slot(model_id)
         windows = np.stack([w for _, w in slot.buffer])
         seed = self.config.seed + slot.version
-        slot.model, slot.last_report = fit(self.args, windows, self.training, seed, self.device)
+        scoring_threads = torch.get_num_threads()
+        torch.set_num_threads(self.training.threads)
+        try:
+            slot.model, slot.last_report = fit(self.args, windows, self.training, seed, self.device)
+        finally:
+            torch.set_num_threads(scoring_threads)
         slot.version += 1
         self._reset_schedule(slot)
         return slot.last_report
@@ -156,9 +196,9 @@ class Detector:
         slot.since_training += 1
         if learnable:
             slot.buffer.append((key_index, window.copy()))
-        if slot.drift is not None and math.isfinite(score):
-            slot.drift.update(score)
-            slot.drifted = slot.drifted or slot.drift.drift_detected
+        # Scores of a model about to be replaced say nothing about the next one's drift.
+        if slot.drift is not None and slot.job is None and math.isfinite(score):
+            slot.drifted = slot.drift.update(score) or slot.drifted
         if slot.job is None:
             reason = self._trigger(slot)
             if reason is not None:
@@ -171,7 +211,7 @@ class Detector:
             return None
         if cfg.every_events is not None and slot.since_training >= cfg.every_events:
             return "events"
-        if slot.drifted:
+        if slot.drifted and slot.since_training >= cfg.drift_min_events:
             return "drift"
         if cfg.every_seconds is not None and self.clock() - slot.trained_at >= cfg.every_seconds:
             return "time"
@@ -179,21 +219,33 @@ class Detector:
 
     def _start(self, slot: ModelSlot, reason: str) -> None:
         assert slot.model is not None
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anomalyd-train")
         windows = np.stack([w for _, w in slot.buffer])
         seed = self.config.seed + slot.version
+        self._submit(slot, windows, seed, slot.scored + self.retraining.swap_after_events, reason)
+        self._reset_schedule(slot)
+
+    def _submit(self, slot: ModelSlot, windows: np.ndarray, seed: int, swap_at: int, reason: str) -> None:
+        if self._executor is None:
+            # torch's thread count is per thread: the worker's own, set once.
+            self._executor = ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix="anomalyd-train",
+                initializer=torch.set_num_threads,
+                initargs=(self.training.threads,),
+            )
         future = self._executor.submit(
             challenge, self.args, windows, self.training, seed, self.device, slot.model
         )
-        slot.job = RetrainJob(future, slot.scored + self.retraining.swap_after_events, reason, len(windows))
-        self._reset_schedule(slot)
+        slot.job = RetrainJob(future, swap_at, reason, len(windows), windows, seed)
 
     def _reset_schedule(self, slot: ModelSlot) -> None:
         slot.since_training = 0
         slot.trained_at = self.clock()
+        self._reset_drift(slot)
+
+    def _reset_drift(self, slot: ModelSlot) -> None:
         slot.drifted = False
-        slot.drift = ADWIN(delta=self.retraining.drift_delta) if self.retraining.on_drift else None
+        slot.drift = DriftMonitor(self.retraining.drift_delta) if self.retraining.on_drift else None
 
     def swap(self, model_id: str) -> RetrainOutcome:
         """Wait for the due candidate, judge it against the live model, promote it or not."""
@@ -202,6 +254,7 @@ class Detector:
         assert job is not None
         candidate = job.future.result()
         slot.job = None
+        self._reset_drift(slot)  # the live model's scores start afresh (or the old ones resume)
         loss = candidate.report.validation_loss
         limit = candidate.champion_loss * (1.0 + self.retraining.tolerance)
         promoted = not (math.isfinite(loss) and math.isfinite(limit)) or loss <= limit

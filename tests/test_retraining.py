@@ -1,6 +1,7 @@
 """Online retraining: triggers, the promotion gate, what is learned from, determinism."""
 
 import copy
+import itertools
 from concurrent.futures import Future
 
 import numpy as np
@@ -75,11 +76,23 @@ def test_drift_triggers_a_retraining():
     events = sine_events("k", 900)
     for e in events[400:]:
         e.values = e.values * 3.0 + 2.0  # a new regime
-    cfg = small_config(
-        retraining={"every_events": None, "on_drift": True, "min_windows": 50, "swap_after_events": 20}
-    )
-    done = outcomes(run(Pipeline(cfg), events))
+    retraining = {"every_events": None, "min_windows": 50, "swap_after_events": 20, "drift_min_events": 50}
+    done = outcomes(run(Pipeline(small_config(retraining=retraining)), events))
     assert done and done[0].reason == "drift"
+
+
+def test_drift_waits_for_drift_min_events_and_a_swap_is_no_drift():
+    events = sine_events("k", 1400)
+    for e in events[400:]:
+        e.values = e.values * 3.0 + 2.0
+    retraining = {"every_events": None, "min_windows": 50, "swap_after_events": 20, "drift_min_events": 400}
+    pipeline = Pipeline(small_config(retraining=retraining))
+    results = run(pipeline, events)
+    scored = np.cumsum([np.isfinite(r.scores).sum() for r in results])
+    at = [int(scored[i]) for i, r in enumerate(results) for _ in r.retrained]
+    # A new model's own scores are no drift: retrainings stay drift_min_events apart.
+    assert at and at[0] >= 400, at
+    assert all(b - a >= 400 for a, b in itertools.pairwise(at)), at
 
 
 def test_time_triggers_a_retraining():
@@ -106,7 +119,7 @@ def job_with(validation_loss: float, champion_loss: float, model) -> RetrainJob:
     future: Future = Future()
     report = FitReport(100, 1, validation_loss, validation_loss)
     future.set_result(Candidate(model, report, champion_loss, 2.0))
-    return RetrainJob(future, swap_at=0, reason="events", windows=100)
+    return RetrainJob(future, swap_at=0, reason="events", windows=100, data=np.zeros((1, 1, 1)), seed=0)
 
 
 @pytest.mark.parametrize(
