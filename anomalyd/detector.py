@@ -218,13 +218,13 @@ class Detector:
         return None
 
     def _start(self, slot: ModelSlot, reason: str) -> None:
-        assert slot.model is not None
         windows = np.stack([w for _, w in slot.buffer])
         seed = self.config.seed + slot.version
         self._submit(slot, windows, seed, slot.scored + self.retraining.swap_after_events, reason)
         self._reset_schedule(slot)
 
     def _submit(self, slot: ModelSlot, windows: np.ndarray, seed: int, swap_at: int, reason: str) -> None:
+        assert slot.model is not None
         if self._executor is None:
             # torch's thread count is per thread: the worker's own, set once.
             self._executor = ThreadPoolExecutor(
