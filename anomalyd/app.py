@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from anomalyd.config import Config, KafkaConfig, SinkConfig
-from anomalyd.errors import SinkError
+from anomalyd.errors import ModelError, SinkError
 from anomalyd.logs import get_logger
 from anomalyd.pipeline import BatchResult, Pipeline
 from anomalyd.sinks.base import Record, Sink
 from anomalyd.sinks.jsonl import FileSink, StdoutSink
+from anomalyd.snapshot import Found, SnapshotStore
 from anomalyd.sources.base import Source
 from anomalyd.sources.file import FileSource
 
@@ -64,28 +65,30 @@ def open_outputs(
     alerts: Path | None = None,
     dead_letter: Path | None = None,
     scores: Path | str | None = None,
+    append: bool = False,
 ) -> tuple[list[Sink], DeadLetterSink, list[Observer]]:
     """The alert sinks, the dead-letter sink and the scores writer a run needs, closed by ``stack``.
 
-    ``alerts`` and ``dead_letter`` replace the config's sinks with a fresh JSON-lines file.
+    ``alerts`` and ``dead_letter`` replace the config's sinks with a JSON-lines file, fresh
+    unless ``append`` (a resumed run).
     """
     from anomalyd.sinks.scores import ScoresWriter
 
     if alerts is not None:
-        alert_sinks: list[Sink] = [FileSink(alerts, append=False)]
+        alert_sinks: list[Sink] = [FileSink(alerts, append=append)]
     else:
         alert_sinks = [build_sink(s, config.kafka) for s in config.output.alerts]
     for sink in alert_sinks:
         stack.callback(sink.close)
     dead_config = config.output.dead_letter
     if dead_letter is not None:
-        dead = DeadLetterSink(FileSink(dead_letter, append=False))
+        dead = DeadLetterSink(FileSink(dead_letter, append=append))
     else:
         dead = DeadLetterSink(build_sink(dead_config, config.kafka) if dead_config else None)
     stack.callback(dead.close)
     observers: list[Observer] = []
     if scores is not None:
-        writer = ScoresWriter(scores)
+        writer = ScoresWriter(scores, append=append)
         stack.callback(writer.close)
         observers.append(writer.write)
     return alert_sinks, dead, observers
@@ -131,6 +134,8 @@ class Runner:
         retry_backoff_max_s: float = 30.0,
         log_alerts: bool = False,
         state_dir: Path | None = None,
+        snapshot_interval_s: float = 30.0,
+        snapshot_keep: int = 3,
     ):
         self.source = source
         self.pipeline = pipeline
@@ -144,11 +149,95 @@ class Runner:
         self.retry_backoff_max_s = retry_backoff_max_s
         self.log_alerts = log_alerts
         self.state_dir = state_dir
+        self.snapshots = SnapshotStore(state_dir, snapshot_keep) if state_dir is not None else None
+        self.snapshot_interval_s = snapshot_interval_s
         self.positions: dict[Any, Any] | None = None
         self.sinks_healthy = True
         self.stats = RunStats()
+        self._snapshot_at = time.monotonic()
+        self._unsaved = False  # batches processed since the last snapshot
 
-    def commit(self) -> None:
+    def find_snapshot(self) -> Found | None:
+        """The newest usable snapshot for this config and input in the state directory."""
+        if self.snapshots is None:
+            return None
+        return self.snapshots.latest(self.pipeline.state_hash, self.source.identity())
+
+    def resume(self, found: Found | None) -> None:
+        """Take over a snapshot's state and seek the source to its positions."""
+        if found is None:
+            return
+        self.pipeline.set_state(found.payload["state"])
+        positions = found.payload["positions"]
+        if positions is not None:
+            self.source.seek(positions)
+        log.info(
+            "snapshot_restored",
+            path=str(found.path),
+            keys=len(self.pipeline.states),
+            models=len(self.pipeline.detector.slots),
+            positions=positions,
+        )
+        if self.state_dir is not None:
+            self.apply_rollbacks()
+
+    def apply_rollbacks(self) -> None:
+        """Put live the checkpoints ``anomalyd model rollback`` asked for (between batches)."""
+        from anomalyd.checkpoint import load_model, pending_rollbacks, save_model
+
+        assert self.state_dir is not None
+        for request, body in pending_rollbacks(self.state_dir):
+            model_id = str(body.get("model_id", ""))
+            slot = self.pipeline.detector.slots.get(model_id)
+            if slot is None or slot.model is None:
+                continue  # not live here (yet): the request waits
+            request.unlink(missing_ok=True)
+            try:
+                model, meta = load_model(Path(body["path"]), self.pipeline.detector.args)
+            except (ModelError, KeyError) as exc:
+                log.error("rollback_failed", model=model_id or "shared", error=str(exc))
+                continue
+            previous = slot.version
+            version = self.pipeline.install(model_id, model.to(self.pipeline.detector.device))
+            self._unsaved = True
+            fields = {k: meta.get(k) for k in ("windows", "epochs", "train_loss", "validation_loss")}
+            save_model(
+                self.state_dir,
+                model_id,
+                version,
+                model,
+                {
+                    **fields,
+                    "reason": "rollback",
+                    "rolled_back_to": meta["version"],
+                    "config_hash": self.pipeline.config_hash,
+                },
+            )
+            log.info(
+                "model_rolled_back",
+                model=model_id or "shared",
+                to=meta["version"],
+                previous=previous,
+                version=version,
+            )
+
+    def snapshot(self) -> None:
+        """Save the state as of the last processed batch with its positions (:mod:`anomalyd.snapshot`)."""
+        assert self.snapshots is not None
+        started = time.monotonic()
+        positions = None if self.positions is None else self.source.encode_positions(self.positions)
+        payload = {"positions": positions, "state": self.pipeline.get_state()}
+        path = self.snapshots.save(payload, self.pipeline.state_hash, self.source.identity())
+        self._snapshot_at, self._unsaved = time.monotonic(), False
+        log.info(
+            "snapshot_saved",
+            path=str(path),
+            keys=len(self.pipeline.states),
+            bytes=path.stat().st_size,
+            seconds=round(self._snapshot_at - started, 3),
+        )
+
+    def commit(self, final: bool = False) -> None:
         delay = self.retry_backoff_s
         while True:
             try:
@@ -165,6 +254,13 @@ class Runner:
                     time.sleep(0.05)
                 delay = min(2 * delay, self.retry_backoff_max_s)
         self.sinks_healthy = True
+        if self.state_dir is not None:
+            self.apply_rollbacks()
+        # Alerts up to here are durable: the state that made them may be saved, then the
+        # offsets committed. A restart resumes from the snapshot's own positions.
+        due = final or time.monotonic() - self._snapshot_at >= self.snapshot_interval_s
+        if self.snapshots is not None and self._unsaved and due:
+            self.snapshot()
         if self.positions is not None:
             self.source.commit(self.positions)
 
@@ -222,12 +318,13 @@ class Runner:
             stats.dead_letters += len(result.dead_letters)
             stats.batches += 1
             self.positions = batch.positions
+            self._unsaved = self._unsaved or bool(batch.events or batch.dead_letters)
             if time.monotonic() - last_commit >= self.commit_interval_s:
                 self.commit()
                 last_commit = time.monotonic()
             if self.should_stop():
                 break
-        self.commit()
+        self.commit(final=True)
         stats.seconds = time.monotonic() - started
         stats.keys = set(self.pipeline.states)
         return stats
@@ -255,8 +352,14 @@ def replay(
     outputs: ReplayOutputs | None = None,
     observers: Iterable[Observer] = (),
     on_start: Callable[[int], None] | None = None,
+    state_dir: Path | None = None,
 ) -> RunStats:
-    """Replay files through the same loop as the daemon; the library entry point of `anomalyd replay`."""
+    """Replay files through the same loop as the daemon; the library entry point of `anomalyd replay`.
+
+    With ``state_dir`` the run snapshots its state there (``service.snapshot_interval_s``,
+    and at the end) and, when a snapshot for these files and this config is there already,
+    resumes from it: outputs are appended to, and only what follows the snapshot is read.
+    """
     from anomalyd.plot import PlotCollector
 
     outputs = outputs or ReplayOutputs()
@@ -265,8 +368,19 @@ def replay(
         stack.callback(source.close)
         pipeline = Pipeline(config, source.expected_lengths())
         stack.callback(pipeline.close)
+        runner = Runner(
+            source,
+            pipeline,
+            [],
+            DeadLetterSink(None),
+            state_dir=state_dir,
+            snapshot_interval_s=config.service.snapshot_interval_s,
+            snapshot_keep=config.service.snapshot_keep,
+        )
+        found = runner.find_snapshot()
+        # Resuming: the outputs of the run so far are kept and added to.
         alert_sinks, dead, all_observers = open_outputs(
-            config, stack, outputs.alerts, outputs.dead_letter, outputs.scores
+            config, stack, outputs.alerts, outputs.dead_letter, outputs.scores, append=found is not None
         )
         all_observers = list(observers) + all_observers
         collector = PlotCollector(config.input.feature_names) if outputs.plot is not None else None
@@ -276,7 +390,9 @@ def replay(
         log.info("replay_started", files=len(source.paths), rows=total_rows)
         if on_start is not None:
             on_start(total_rows)
-        stats = Runner(source, pipeline, alert_sinks, dead, all_observers).run()
+        runner.alert_sinks, runner.dead_letters, runner.observers = alert_sinks, dead, all_observers
+        runner.resume(found)
+        stats = runner.run()
         if collector is not None and outputs.plot is not None:
             collector.save(outputs.plot)
         log.info(

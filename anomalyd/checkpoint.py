@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tempfile
 import time
@@ -112,4 +113,44 @@ def list_models(state_dir: Path) -> list[dict[str, Any]]:
             found.append({"path": str(path), **meta})
         except ModelError as exc:
             found.append({"path": str(path), "error": str(exc)})
+    return found
+
+
+def _rollback_dir(state_dir: Path) -> Path:
+    return state_dir / "rollback"
+
+
+def request_rollback(state_dir: Path, version: int, model_id: str | None = None) -> Path:
+    """Ask the daemon to put ``version`` of a model live again; the request is a small JSON file.
+
+    The checkpoint is loaded first (``weights_only``), so a bad one is refused here, not later.
+    """
+    entries = [e for e in list_models(state_dir) if "error" not in e]
+    ids = sorted({e["model_id"] for e in entries})
+    if model_id is None:
+        if len(ids) != 1:
+            names = ", ".join(repr(i or "shared") for i in ids) or "none"
+            raise ModelError(f"{state_dir} holds models {names}: name one with --model")
+        model_id = ids[0]
+    elif model_id == "shared":
+        model_id = ""
+    path = model_dir(state_dir, model_id) / f"v{version:04d}.pt"
+    load_model(path)  # ModelError naming the file when it is missing or bad
+    request = _rollback_dir(state_dir) / f"{path.parent.name}.json"
+    body = {"model_id": model_id, "version": version, "path": str(path), "requested_at": time.time()}
+    atomic_write(request, json.dumps(body).encode())
+    return request
+
+
+def pending_rollbacks(state_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Rollback requests waiting in ``state_dir/rollback`` (one listing when there are none)."""
+    folder = _rollback_dir(state_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for request in sorted(folder.glob("*.json")):
+        try:
+            found.append((request, json.loads(request.read_text())))
+        except (OSError, ValueError):
+            continue
     return found

@@ -95,6 +95,11 @@ def main() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write malformed records (JSON lines, with reason) to FILE.",
 )
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Snapshot state and models here, and resume from its newest snapshot if there is one.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
 @_clean_errors
 def replay(
@@ -104,9 +109,14 @@ def replay(
     scores: Path | None,
     plot: Path | None,
     dead_letter: Path | None,
+    state_dir: Path | None,
     progress: bool | None,
 ) -> None:
-    """Replay CSV/JSONL files (gzip too, globs allowed) through the detection pipeline."""
+    """Replay CSV/JSONL files (gzip too, globs allowed) through the detection pipeline.
+
+    With --state-dir a replay that was stopped or killed goes on from its last snapshot
+    (service.snapshot_interval_s) and appends to its outputs; delete the folder to start over.
+    """
     from anomalyd.app import ReplayOutputs
     from anomalyd.app import replay as run_replay
     from anomalyd.progress import ProgressBar
@@ -120,7 +130,12 @@ def replay(
     show = sys.stderr.isatty() if progress is None else progress
     with ProgressBar(enabled=show) as bar:
         stats = run_replay(
-            paths, config, ReplayOutputs(alerts, scores, plot, dead_letter), [bar.update], bar.start
+            paths,
+            config,
+            ReplayOutputs(alerts, scores, plot, dead_letter),
+            [bar.update],
+            bar.start,
+            state_dir=state_dir,
         )
     click.echo(
         f"replayed {stats.events} events of {len(stats.keys)} key(s) in {stats.seconds:.1f} s "
@@ -262,7 +277,7 @@ def produce(
 
 @main.group()
 def model() -> None:
-    """Inspect the model checkpoints in a state directory."""
+    """Inspect the model checkpoints in a state directory; roll a model back."""
 
 
 @model.command("list")
@@ -297,6 +312,24 @@ def model_show(path: str) -> None:
 
     loaded, meta = load_model(Path(path))
     click.echo(yaml.safe_dump({"meta": meta, "args": loaded.args.to_dict()}, sort_keys=False), nl=False)
+
+
+@model.command("rollback")
+@click.argument("state_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("version", type=click.IntRange(min=1))
+@click.option("--model", "model_id", help="The model id (the key with scope per_key); needed if several.")
+@_clean_errors
+def model_rollback(state_dir: Path, version: int, model_id: str | None) -> None:
+    """Put checkpoint VERSION of a model live again, as a new version.
+
+    The running daemon (or the next start, or a resumed replay) takes the request over at
+    its next commit step, recalibrates the keys' thresholds to the old model's score scale
+    and logs model_rolled_back.
+    """
+    from anomalyd.checkpoint import request_rollback
+
+    path = request_rollback(state_dir, version, model_id)
+    click.echo(f"rollback to v{version} requested ({path}); the daemon applies it at its next commit step")
 
 
 @main.group()

@@ -291,8 +291,10 @@ class MetricsConfig(_Section):
 
 
 class ServiceConfig(_Section):
-    state_dir: str | None = None  # model checkpoints (and, later, per-key snapshots) go here
+    state_dir: str | None = None  # model checkpoints and per-key state snapshots go here
     commit_interval_s: float = Field(5.0, gt=0.0)
+    snapshot_interval_s: float = Field(30.0, ge=0.0)
+    snapshot_keep: int = Field(3, ge=1)
     shutdown_deadline_s: float = Field(30.0, gt=0.0)
     retry_backoff_s: float = Field(0.5, gt=0.0)
     retry_backoff_max_s: float = Field(30.0, gt=0.0)

@@ -13,12 +13,14 @@ not depend on how fast the machine trained it.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from array import array
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,6 +137,7 @@ class Detector:
             torch.set_num_threads(model.threads)
         self.slots: dict[str, ModelSlot] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._cancel = threading.Event()
 
     def model_id(self, key: str) -> str:
         return key if self.config.scope == "per_key" else SHARED
@@ -234,7 +237,7 @@ class Detector:
                 initargs=(self.training.threads,),
             )
         future = self._executor.submit(
-            challenge, self.args, windows, self.training, seed, self.device, slot.model
+            challenge, self.args, windows, self.training, seed, self.device, slot.model, self._cancel
         )
         slot.job = RetrainJob(future, swap_at, reason, len(windows), windows, seed)
 
@@ -272,7 +275,64 @@ class Detector:
             candidate.scale,
         )
 
+    # -- snapshots ------------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """Every model slot as numbers, arrays and tensors (``torch.load(weights_only=True)`` safe).
+
+        A retraining in flight is kept as what it trains on and its seed; restoring the
+        state starts it again, and the same data and seed give the same candidate.
+        """
+        slots: dict[str, Any] = {}
+        now = self.clock()
+        for model_id, slot in self.slots.items():
+            buffer = list(slot.buffer)
+            job = slot.job
+            slots[model_id] = {
+                "weights": None if slot.model is None else slot.model.state_dict(),
+                "version": slot.version,
+                "report": None if slot.last_report is None else asdict(slot.last_report),
+                "buffer_keys": np.array([k for k, _ in buffer], dtype=np.int64),
+                "buffer": np.stack([w for _, w in buffer]) if buffer else None,
+                "scored": slot.scored,
+                "since_training": slot.since_training,
+                "age_s": now - slot.trained_at,
+                "drift": None if slot.drift is None else np.array(slot.drift.history, dtype=np.float64),
+                "drifted": slot.drifted,
+                "job": None
+                if job is None
+                else {"data": job.data, "seed": job.seed, "swap_at": job.swap_at, "reason": job.reason},
+            }
+        return slots
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Rebuild the slots :meth:`get_state` described; restarts retrainings that were in flight."""
+        self.slots = {}
+        now = self.clock()
+        for model_id, saved in state.items():
+            slot = self.slot(model_id)
+            if saved["weights"] is not None:
+                slot.model = Autoencoder(self.args).to(self.device)
+                slot.model.load_state_dict({k: torch.as_tensor(v) for k, v in saved["weights"].items()})
+                slot.model.eval()
+            slot.version = int(saved["version"])
+            slot.last_report = None if saved["report"] is None else FitReport(**saved["report"])
+            if saved["buffer"] is not None:
+                windows = np.asarray(saved["buffer"], dtype=np.float32)
+                slot.buffer.extend(zip(np.asarray(saved["buffer_keys"]).tolist(), windows, strict=True))
+            slot.scored = int(saved["scored"])
+            slot.since_training = int(saved["since_training"])
+            slot.trained_at = now - float(saved["age_s"])
+            if saved["drift"] is not None and self.retraining.on_drift:
+                slot.drift = DriftMonitor(self.retraining.drift_delta, np.asarray(saved["drift"]))
+            slot.drifted = bool(saved["drifted"])
+            job = saved["job"]
+            if job is not None:
+                data = np.asarray(job["data"], dtype=np.float32)
+                self._submit(slot, data, int(job["seed"]), int(job["swap_at"]), str(job["reason"]))
+
     def close(self) -> None:
+        """Abandon retrainings: the one running stops at its next batch, so exit never waits on it."""
+        self._cancel.set()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None

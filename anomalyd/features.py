@@ -47,6 +47,13 @@ class FeatureTransform:
     def forget(self, key_index: int) -> None:
         self._previous.pop(key_index, None)
 
+    def get_state(self) -> dict[int, np.ndarray]:
+        """Each key's previous raw values (stateful features only), for snapshots."""
+        return dict(self._previous)
+
+    def set_state(self, state: dict[int, np.ndarray]) -> None:
+        self._previous = {int(k): np.asarray(v, dtype=np.float64) for k, v in state.items()}
+
     def apply(self, key_index: int, raw: np.ndarray) -> np.ndarray:
         """Features for one record of key ``key_index``; raises FeatureError when not finite."""
         if self.identity:

@@ -20,6 +20,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,11 +29,13 @@ from anomalyd.config import Config
 from anomalyd.detector import Detector, RetrainOutcome
 from anomalyd.events import Alert, DeadLetter, Event, alert_id
 from anomalyd.features import FeatureError, FeatureTransform
+from anomalyd.model import Autoencoder
 from anomalyd.sources.base import Batch
 from anomalyd.thresholds import Threshold, make_threshold
 from anomalyd.windows import WindowStore
 
 TOP_FEATURES = 3
+_STATE_SECTIONS = ("input", "window", "model", "training", "retraining", "threshold", "alerts")
 
 
 @dataclass(slots=True)
@@ -96,8 +99,9 @@ class Pipeline:
         )
         self.expected_lengths = expected_lengths or {}
         # What a checkpoint's model depends on: features, window and model sections.
-        shape = {k: config.model_dump(mode="json")[k] for k in ("input", "window", "model")}
-        self.config_hash = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+        self.config_hash = _hash(config, ("input", "window", "model"))
+        # What a snapshot of the per-key state depends on: all that decides the stream's alerts.
+        self.state_hash = _hash(config, _STATE_SECTIONS)
         self.states: dict[str, KeyState] = {}
 
     def warmup_for(self, key: str) -> int:
@@ -189,6 +193,41 @@ class Pipeline:
             out.retrained,
         )
 
+    def get_state(self) -> dict[str, Any]:
+        """All per-key and per-model state, as numbers, arrays and tensors (see :mod:`anomalyd.snapshot`)."""
+        keys = {
+            key: {
+                "index": st.index,
+                "model_id": st.model_id,
+                "warmup": st.warmup,
+                "sequence": st.sequence,
+                "quarantine": st.quarantine,
+                "gate": [st.gate.run, st.gate.quiet],
+                "threshold": st.threshold.get_state(),
+            }
+            for key, st in self.states.items()
+        }
+        return {
+            "keys": keys,
+            "windows": self.windows.get_state(),
+            "features": self.features.get_state(),
+            "models": self.detector.get_state(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Take over the state :meth:`get_state` gave (of a pipeline with the same ``state_hash``)."""
+        self.windows.set_state(state["windows"])
+        self.features.set_state(state["features"])
+        self.states = {}
+        for key, saved in state["keys"].items():
+            st = self._state(key, int(saved["index"]))
+            st.model_id = str(saved["model_id"])
+            st.warmup, st.sequence = int(saved["warmup"]), int(saved["sequence"])
+            st.quarantine = int(saved["quarantine"])
+            st.gate.run, st.gate.quiet = (int(v) for v in saved["gate"])
+            st.threshold.set_state(saved["threshold"])
+        self.detector.set_state(state["models"])
+
     def close(self) -> None:
         """Stop the retraining worker (a training in progress is abandoned)."""
         self.detector.close()
@@ -262,15 +301,33 @@ class Pipeline:
         new model errs differently, not only more). So the swap itself raises no alerts.
         """
         outcome = self.detector.swap(model_id)
-        if not outcome.promoted:
-            return outcome
+        if outcome.promoted:
+            self._recalibrate(model_id, outcome.scale)
+        return outcome
+
+    def install(self, model_id: str, model: Autoencoder) -> int:
+        """Make ``model`` live for ``model_id`` as a new version (a rollback); returns the version.
+
+        Thresholds move to its score scale as on a promotion, the scale measured on the
+        model's buffer of recent normal windows.
+        """
+        slot = self.detector.slots[model_id]
+        windows = np.stack([w for _, w in slot.buffer]) if slot.buffer else None
+        before = self.detector.score(model_id, windows)[0].mean() if windows is not None else 1.0
+        slot.model = model
+        slot.version += 1
+        after = self.detector.score(model_id, windows)[0].mean() if windows is not None else 1.0
+        self._recalibrate(model_id, float(after / before) if before > 0 else 1.0)
+        return slot.version
+
+    def _recalibrate(self, model_id: str, scale: float) -> None:
         buffer = self.detector.slots[model_id].buffer
         recent: dict[int, list[float]] = {}
         if buffer:
             scores, _ = self.detector.score(model_id, np.stack([w for _, w in buffer]))
             for (index, _), score in zip(buffer, scores.tolist(), strict=True):
                 recent.setdefault(index, []).append(score)
-        scale = outcome.scale if math.isfinite(outcome.scale) and outcome.scale > 0 else 1.0
+        scale = scale if math.isfinite(scale) and scale > 0 else 1.0
         for state in self.states.values():
             if state.model_id != model_id:
                 continue
@@ -285,7 +342,6 @@ class Pipeline:
             # higher of the two keeps a swap from raising alerts.
             if not rebuilt.value <= state.threshold.value:
                 state.threshold = rebuilt
-        return outcome
 
     def _alert(self, event: Event, item: _Pending, score: float, limit: float, errors: np.ndarray) -> Alert:
         version = self.detector.slot(item.state.model_id).version
@@ -311,6 +367,12 @@ class Pipeline:
             sequence=sequence,
             source=event.source,
         )
+
+
+def _hash(config: Config, sections: tuple[str, ...]) -> str:
+    dumped = config.model_dump(mode="json")
+    shape = {k: dumped[k] for k in sections}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _record(event: Event) -> dict[str, object]:

@@ -127,7 +127,10 @@ def serve(config: Config, stop: StopFlag | None = None) -> RunStats:
             retry_backoff_max_s=config.service.retry_backoff_max_s,
             log_alerts=True,
             state_dir=Path(config.service.state_dir) if config.service.state_dir else None,
+            snapshot_interval_s=config.service.snapshot_interval_s,
+            snapshot_keep=config.service.snapshot_keep,
         )
+        runner.resume(runner.find_snapshot())
 
         def ready() -> bool:
             consuming = source.ready if isinstance(source, KafkaSource) else not stop()

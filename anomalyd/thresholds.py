@@ -13,7 +13,7 @@ far, then ``update(score)``. It says no until it has seen ``min_samples`` scores
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,6 +33,12 @@ class Threshold(Protocol):
     def rescale(self, factor: float) -> None:
         """Move to a new model's score scale (scores multiplied by ``factor``)."""
         ...
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything that changes as scores come in (numbers and numpy arrays), for snapshots."""
+        ...
+
+    def set_state(self, state: dict[str, Any]) -> None: ...
 
 
 class QuantileThreshold:
@@ -73,6 +79,16 @@ class QuantileThreshold:
     def rescale(self, factor: float) -> None:
         self._ring *= factor
         self._value *= factor
+
+    def get_state(self) -> dict[str, Any]:
+        return {"ring": self._ring.copy(), "n": self._n, "value": self._value, "stale": self._stale}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        ring = np.asarray(state["ring"], dtype=np.float32)
+        if ring.shape != self._ring.shape:
+            raise ValueError(f"threshold window {ring.size} in the snapshot, {self._ring.size} configured")
+        self._ring[:] = ring
+        self._n, self._value, self._stale = int(state["n"]), float(state["value"]), int(state["stale"])
 
     def _recompute(self) -> None:
         recent = self._ring[: min(self._n, self._ring.size)]
@@ -125,6 +141,12 @@ class EwmaThreshold:
     def rescale(self, factor: float) -> None:
         self._mean *= factor
         self._var *= factor * factor
+
+    def get_state(self) -> dict[str, Any]:
+        return {"n": self._n, "mean": self._mean, "var": self._var}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._n, self._mean, self._var = int(state["n"]), float(state["mean"]), float(state["var"])
 
 
 def make_threshold(config: ThresholdConfig) -> Threshold:

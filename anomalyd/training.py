@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,10 @@ from torch import nn
 
 from anomalyd.config import TrainingConfig
 from anomalyd.model import Autoencoder, AutoencoderArgs
+
+
+class CancelledError(Exception):
+    """Training was asked to stop (the process is shutting down)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ def fit(
     config: TrainingConfig,
     seed: int,
     device: torch.device,
+    cancel: threading.Event | None = None,
 ) -> tuple[Autoencoder, FitReport]:
     """Train a fresh model on ``windows`` (N, T, F), the newest tenth held back for validation.
 
@@ -55,6 +61,8 @@ def fit(
         order = torch.randperm(len(train), generator=generator).to(device)
         total = 0.0
         for start in range(0, len(train), config.batch_size):
+            if cancel is not None and cancel.is_set():
+                raise CancelledError
             batch = train[order[start : start + config.batch_size]]
             optimiser.zero_grad(set_to_none=True)
             loss = loss_fn(model(batch), batch)
@@ -89,9 +97,10 @@ def challenge(
     seed: int,
     device: torch.device,
     champion: Autoencoder,
+    cancel: threading.Event | None = None,
 ) -> Candidate:
     """Train a candidate on ``windows`` and score the champion on the candidate's held-back tenth."""
-    model, report = fit(args, windows, config, seed, device)
+    model, report = fit(args, windows, config, seed, device, cancel)
     n_val = validation_size(len(windows))
     if n_val == 0:
         return Candidate(model, report, math.nan, 1.0)

@@ -15,6 +15,8 @@ newest window is always one contiguous slice: no copy, no wrap-around.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 # A value this many standard deviations out is anomalous beyond doubt; clipping keeps the
@@ -99,3 +101,30 @@ class WindowStore:
 
     def count(self, idx: int) -> int:
         return int(self._count[idx])
+
+    def get_state(self) -> dict[str, object]:
+        """Keys in index order and their rows of every array (copies), for snapshots."""
+        n = len(self.names)
+        return {
+            "names": list(self.names),
+            "ring": self._ring[:n].copy(),
+            "count": self._count[:n].copy(),
+            "mean": self._mean[:n].copy(),
+            "m2": self._m2[:n].copy(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        names = list(state["names"])
+        ring = np.asarray(state["ring"], dtype=np.float32)
+        if ring.shape[1:] != (2 * self.length, self.n_features):
+            raise ValueError(
+                f"windows shaped {ring.shape[1:]} in the snapshot, {self._ring.shape[1:]} configured"
+            )
+        self._alloc(max(16, len(names)))
+        self.names = names
+        self.keys = {name: i for i, name in enumerate(names)}
+        n = len(names)
+        self._ring[:n] = ring
+        self._count[:n] = state["count"]
+        self._mean[:n] = state["mean"]
+        self._m2[:n] = state["m2"]

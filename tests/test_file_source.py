@@ -231,7 +231,7 @@ def test_jsonl_rows_count_every_physical_line(tmp_path: Path) -> None:
     )
     batches = read([path])
     assert [e.source["row"] for e in events(batches)] == [1, 3]
-    assert batches[-1].positions == {"file": path, "row": 5}  # the end of the file
+    assert batches[-1].positions == {"file": path, "index": 0, "row": 5}  # the end of the file
 
 
 def test_batches_hold_at_most_batch_size_and_never_span_files(tmp_path: Path) -> None:
@@ -241,10 +241,10 @@ def test_batches_hold_at_most_batch_size_and_never_span_files(tmp_path: Path) ->
     batches = read([a, b, c], batch_size=3)
     assert [(len(x.events), len(x.dead_letters)) for x in batches] == [(3, 0), (2, 0), (1, 1), (3, 0)]
     assert [x.positions for x in batches] == [
-        {"file": a, "row": 3},
-        {"file": a, "row": 5},
-        {"file": b, "row": 2},
-        {"file": c, "row": 3},
+        {"file": a, "index": 0, "row": 3},
+        {"file": a, "index": 0, "row": 5},
+        {"file": b, "index": 1, "row": 2},
+        {"file": c, "index": 2, "row": 3},
     ]
     for x in batches:
         assert {e.source["file"] for e in x.events} | {d.source["file"] for d in x.dead_letters} == {
@@ -263,7 +263,7 @@ def test_dead_letters_count_toward_the_batch_size(tmp_path: Path) -> None:
 def test_an_empty_file_gives_no_batch(tmp_path: Path) -> None:
     empty = write(tmp_path / "e.csv", "timestamp,value\n")
     full = write(tmp_path / "f.csv", csv_text(1))
-    assert [x.positions for x in read([empty, full])] == [{"file": full, "row": 1}]
+    assert [x.positions for x in read([empty, full])] == [{"file": full, "index": 1, "row": 1}]
     assert read([write(tmp_path / "e.jsonl", "")]) == []
 
 
@@ -404,7 +404,7 @@ def test_nab_nyc_taxi(datasets_dir: Path) -> None:
     )
     assert got[-1].timestamp == "2015-01-31 23:30:00"
     assert np.all(np.diff([e.time for e in got]) == 1800.0)
-    assert batches[-1].positions == {"file": path, "row": 10320}
+    assert batches[-1].positions == {"file": path, "index": 0, "row": 10320}
     assert source.expected_lengths() == {"nyc_taxi": 10320}
     assert source.total_rows() == 10320
 
@@ -443,3 +443,25 @@ def test_prices_with_split_date_and_time(datasets_dir: Path) -> None:
     got = events(list(FileSource([path], config).batches()))
     assert (got[0].timestamp, got[0].time) == ("2006-01-02 09:05:00", 1136192700.0)
     assert got[0].values.tolist() == [3578.73, 3587.88, 3578.73, 3582.99]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_seek_resumes_at_a_row_of_a_later_file(tmp_path, suffix):
+    files = []
+    for n in range(2):
+        path = tmp_path / f"f{n}{suffix}"
+        if suffix == ".csv":
+            path.write_text("timestamp,value\n" + "".join(f"{i},{n}{i}\n\n" for i in range(6)))
+        else:
+            path.write_text("".join(f'{{"timestamp": {i}, "value": {n}{i}}}\n\n' for i in range(6)))
+        files.append(str(path))
+    config = InputConfig(timestamp={"field": "timestamp", "format": "epoch_s"}, batch_size=4)
+    source = FileSource(files, config)
+    whole = [e.values[0] for b in source.batches() for e in b.events]
+    position = source.encode_positions({"file": files[1], "index": 1, "row": 4 if suffix == ".csv" else 7})
+    again = FileSource(files, config)
+    again.seek(position)
+    batches = list(again.batches())
+    rest = [e.values[0] for b in batches for e in b.events]
+    assert whole[-len(rest) :] == rest and rest[0] == 14.0 and len(rest) == 2
+    assert again.identity() == source.identity() != FileSource(files[:1], config).identity()

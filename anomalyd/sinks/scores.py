@@ -18,20 +18,27 @@ def _number(x: float) -> str:
 
 
 class ScoresWriter:
-    """``file,key,timestamp,score,threshold,is_anomaly``; warm-up rows have an empty score."""
+    """``file,key,timestamp,score,threshold,is_anomaly``; warm-up rows have an empty score.
 
-    def __init__(self, path: str | Path):
+    With ``append`` (a resumed replay) rows are added to an existing file: rows between the
+    snapshot and a crash then appear twice, with the same values.
+    """
+
+    def __init__(self, path: str | Path, append: bool = False):
         self.path = Path(path)
+        self.append = append
         self._file: IO[str] | None = None
 
     def write(self, result: BatchResult) -> None:
         if self._file is None:
+            header = not (self.append and self.path.exists() and self.path.stat().st_size > 0)
             try:
-                self._file = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
+                self._file = open(self.path, "a" if self.append else "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
             except OSError as exc:
                 raise SinkError(f"cannot open {self.path}: {exc.strerror}") from exc
             self._rows = csv.writer(self._file)
-            self._rows.writerow(HEADER)
+            if header:
+                self._rows.writerow(HEADER)
         rows = self._rows
         for event, score, limit, flag in zip(
             result.events,

@@ -35,4 +35,16 @@ class Source(Protocol):
         """Record that everything up to ``positions`` is done (no-op for plain files)."""
         ...
 
+    def identity(self) -> str:
+        """What positions refer to (the files, or the group and topics); snapshots must match it."""
+        ...
+
+    def encode_positions(self, positions: dict[Any, Any]) -> dict[str, Any]:
+        """A batch's ``positions`` as plain lists and numbers, for a snapshot."""
+        ...
+
+    def seek(self, saved: dict[str, Any]) -> None:
+        """Make the next batches start at positions :meth:`encode_positions` gave."""
+        ...
+
     def close(self) -> None: ...

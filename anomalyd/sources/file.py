@@ -190,32 +190,48 @@ class FileSource:
         self._closed = False
         self._lengths: dict[str, int] | None = None
         self._total: int | None = None
+        self._start = (0, 0)  # (file index, row) where batches() begins; see seek()
 
     def batches(self) -> Iterator[Batch]:
         """Yield batches of at most ``batch_size`` records in file order; a batch never spans two files."""
         self._closed = False
         parse_many = self._parser.parse_many
-        for path, fmt in zip(self.paths, self.formats, strict=True):
+        start_index, start_row = self._start
+        for index, (path, fmt) in enumerate(zip(self.paths, self.formats, strict=True)):
+            if index < start_index:
+                continue
             stem = file_stem(path)
-            for chunk in self._chunks(path, fmt):
+            skip = start_row if index == start_index else 0
+            for chunk in self._chunks(path, fmt, skip):
                 events, dead = parse_many(chunk.records, chunk.sources, default_key=stem)
                 if chunk.dead:
                     dead = sorted(chunk.dead + dead, key=_row_of) if dead else chunk.dead
-                yield Batch(events, dead, {"file": path, "row": chunk.end})
+                yield Batch(events, dead, {"file": path, "index": index, "row": chunk.end})
                 if self._closed:
                     return
 
-    def _chunks(self, path: str, fmt: Format) -> Iterator[_Chunk]:
-        """The rows of one file in chunks; I/O failures become :class:`SourceError`."""
+    def identity(self) -> str:
+        """What a snapshot's positions refer to: these files, in this order."""
+        return "files:" + "|".join(os.path.abspath(p) for p in self.paths)
+
+    def encode_positions(self, positions: dict[str, Any]) -> dict[str, Any]:
+        return {"index": int(positions["index"]), "row": int(positions["row"])}
+
+    def seek(self, saved: dict[str, Any]) -> None:
+        """Start the next :meth:`batches` at a snapshot's position: file ``index``, data row ``row``."""
+        self._start = (int(saved["index"]), int(saved["row"]))
+
+    def _chunks(self, path: str, fmt: Format, skip: int = 0) -> Iterator[_Chunk]:
+        """The rows of one file from row ``skip`` on, in chunks; I/O failures become :class:`SourceError`."""
         try:
             if fmt == "csv":
                 with _open_text(path) as text:
                     self._open = text
-                    yield from self._csv_chunks(path, text)
+                    yield from self._csv_chunks(path, text, skip)
             else:
                 with _open_bytes(path) as binary:
                     self._open = binary
-                    yield from self._jsonl_chunks(path, binary)
+                    yield from self._jsonl_chunks(path, binary, skip)
         except _READ_ERRORS as exc:
             raise SourceError(f"cannot read {path!r}: {exc}") from exc
         except ValueError:  # reading a handle that close() closed under us
@@ -224,7 +240,7 @@ class FileSource:
         finally:
             self._open = None
 
-    def _csv_chunks(self, path: str, handle: IO[str]) -> Iterator[_Chunk]:
+    def _csv_chunks(self, path: str, handle: IO[str], skip: int = 0) -> Iterator[_Chunk]:
         size = self.config.batch_size
         lines: list[str] = []
         reader = csv.reader(_tap(handle, lines), delimiter=self.config.delimiter)
@@ -238,9 +254,14 @@ class FileSource:
             except StopIteration:
                 break
             except csv.Error as exc:  # e.g. an unclosed quote that ran past the field size limit
-                chunk.dead.append(DeadLetter(f"bad CSV row: {exc}", _raw(lines), {"file": path, "row": row}))
+                if row >= skip:
+                    reason = f"bad CSV row: {exc}"
+                    chunk.dead.append(DeadLetter(reason, _raw(lines), {"file": path, "row": row}))
             else:
                 if not fields:  # a blank line, skipped as csv.DictReader does
+                    continue
+                if row < skip:  # resuming: done before the snapshot was taken
+                    row += 1
                     continue
                 source = {"file": path, "row": row}
                 if len(fields) != width:
@@ -278,12 +299,12 @@ class FileSource:
         time_fields = [ts.date_field, ts.time_field] if ts.split else [ts.field]
         return [f for f in (cfg.key_field, *time_fields, *cfg.value_fields) if f is not None]
 
-    def _jsonl_chunks(self, path: str, handle: IO[bytes]) -> Iterator[_Chunk]:
+    def _jsonl_chunks(self, path: str, handle: IO[bytes], skip: int = 0) -> Iterator[_Chunk]:
         size = self.config.batch_size
         loads = orjson.loads
         chunk, taken, row = _Chunk(), 0, -1
         for row, line in enumerate(handle):
-            if not line.strip():
+            if row < skip or not line.strip():
                 continue
             source = {"file": path, "row": row}
             try:
@@ -378,7 +399,7 @@ class FileSource:
                 yield key_of(record.get(key_field)) if record.__class__ is dict else None
 
     def commit(self, positions: dict[Any, Any]) -> None:
-        """Nothing to do: a file replay starts from the beginning each time."""
+        """Nothing to do: files keep no offsets (a state directory's snapshot does, see seek)."""
 
     def close(self) -> None:
         """Close the file being read, if any; a running :meth:`batches` stops after its batch."""

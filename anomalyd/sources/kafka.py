@@ -72,6 +72,7 @@ class KafkaSource:
         self.keys_by_partition: dict[Partition, set[str]] = {}
         self.last_poll = 0.0
         self._consumer: KafkaConsumer | None = None
+        self._resume: dict[Partition, int] = {}  # a snapshot's offsets, sought on assignment
 
     # -- lifecycle -------------------------------------------------------------------
     def _connect(self) -> KafkaConsumer | None:
@@ -180,6 +181,33 @@ class KafkaSource:
             return
         log.debug("committed", offsets={f"{t.topic}:{t.partition}": o.offset for t, o in offsets.items()})
 
+    # -- snapshots --------------------------------------------------------------------
+    def identity(self) -> str:
+        """What a snapshot's offsets refer to: this consumer group on these topics."""
+        topics = self.config.topic_pattern or ",".join(sorted(self.config.topics))
+        return f"kafka:{self.config.group_id}:{topics}"
+
+    def encode_positions(self, positions: dict[Partition, int]) -> dict[str, Any]:
+        """Offsets, and the keys seen on each partition, as plain lists."""
+        return {
+            "partitions": [
+                [topic, partition, int(offset), sorted(self.keys_by_partition.get((topic, partition), ()))]
+                for (topic, partition), offset in sorted(positions.items())
+            ]
+        }
+
+    def seek(self, saved: dict[str, Any]) -> None:
+        """Resume from a snapshot: each partition, once assigned, from the snapshot's offset.
+
+        Partitions of the snapshot that the group assigns to another member are treated as
+        revoked on the first assignment (``on_revoke`` drops their keys' state).
+        """
+        for topic, partition, offset, part_keys in saved["partitions"]:
+            part = (str(topic), int(partition))
+            self._resume[part] = int(offset)
+            self.positions[part] = int(offset)
+            self.keys_by_partition[part] = set(part_keys)
+
     # -- rebalancing and metrics ---------------------------------------------------------
     def _revoked(self, partitions: list[Partition]) -> None:
         if partitions and self.on_revoke is not None:
@@ -193,6 +221,19 @@ class KafkaSource:
     def _assigned(self, partitions: list[Partition]) -> None:
         self.assigned.update(partitions)
         log.info("partitions_assigned", partitions=_names(partitions))
+        for part in partitions:
+            offset = self._resume.pop(part, None)
+            if offset is not None and self._consumer is not None:
+                # The snapshot's state is as of this offset: go on from exactly there.
+                self._consumer.seek(TopicPartition(*part), offset)
+                self.positions[part] = offset
+                log.info("partition_resumed", partition=f"{part[0]}:{part[1]}", offset=offset)
+        elsewhere = sorted(set(self._resume) - set(partitions))
+        if elsewhere:
+            # The group gave these to another member: the snapshot's state for them goes.
+            for part in elsewhere:
+                del self._resume[part]
+            self._revoked(elsewhere)
         if self.on_assign is not None:
             self.on_assign(partitions)
 

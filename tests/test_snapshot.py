@@ -1,0 +1,103 @@
+"""Snapshots: the state round-trips exactly, files are checked, bad ones are skipped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from anomalyd.pipeline import Pipeline
+from anomalyd.snapshot import SnapshotError, SnapshotStore
+
+from .helpers import batches, sine_events, small_config
+
+SPIKES = (500, 800, 1100, 1400)
+
+
+def alert_ids(results) -> list[str]:
+    return [a.alert_id for r in results for a in r.alerts]
+
+
+def run(pipeline, events):
+    return [pipeline.process(b) for b in batches(events, 50)]
+
+
+@pytest.mark.parametrize(
+    ("scope", "threshold", "cut"),
+    [("per_key", "quantile", 800), ("shared", "ewma", 1000), ("per_key", "quantile", 230)],
+    ids=["retrain-in-flight", "shared-ewma", "during-warmup"],
+)
+def test_resumed_pipeline_equals_uninterrupted(tmp_path, scope, threshold, cut):
+    cfg = small_config(
+        model={"scope": scope},
+        threshold={"method": threshold},
+        retraining={"every_events": 300, "on_drift": True, "drift_min_events": 100, "swap_after_events": 120},
+        input={
+            "features": [
+                {"name": "v", "op": "value", "field": "value"},
+                {"name": "d", "op": "diff", "field": "value"},
+            ]
+        },
+    )
+    events = sine_events("a", 1600, spikes=SPIKES) + sine_events("b", 1600, spikes=SPIKES, seed=1)
+    events.sort(key=lambda e: e.time)
+    whole = Pipeline(cfg)
+    expected = alert_ids(run(whole, events))
+    whole.close()
+    assert len(expected) >= 6
+
+    first = Pipeline(cfg)
+    before = alert_ids(run(first, events[: 2 * cut]))
+    store = SnapshotStore(tmp_path)
+    store.save({"state": first.get_state(), "positions": None}, first.state_hash, "test")
+    if cut == 800:  # a retraining is in flight at the cut: the snapshot restarts it
+        assert any(s.job is not None for s in first.detector.slots.values())
+    first.close()
+
+    found = store.latest(first.state_hash, "test")
+    assert found is not None
+    second = Pipeline(cfg)
+    second.set_state(found.payload["state"])
+    after = alert_ids(run(second, events[2 * cut :]))
+    second.close()
+    assert before + after == expected
+
+
+def test_snapshot_loads_with_weights_only_and_holds_no_numpy(tmp_path):
+    pipeline = Pipeline(small_config())
+    run(pipeline, sine_events("k", 400))
+    path = SnapshotStore(tmp_path).save({"state": pipeline.get_state()}, "h", "s")
+    body = path.read_bytes().split(b"\n", 2)[2]
+    import io
+
+    payload = torch.load(io.BytesIO(body), weights_only=True)  # no pickled classes inside
+    assert payload["state"]["models"]["k"]["version"] == 1
+    pipeline.close()
+
+
+def test_corrupt_truncated_and_mismatched_snapshots_fall_back(tmp_path, capsys):
+    store = SnapshotStore(tmp_path, keep=5)
+    paths = [store.save({"n": n}, "h", "s") for n in range(4)]
+    # newest: truncated; next: one flipped byte; next: another config
+    paths[3].write_bytes(paths[3].read_bytes()[:-100])
+    raw = bytearray(paths[2].read_bytes())
+    raw[-50] ^= 0xFF
+    paths[2].write_bytes(bytes(raw))
+    store.save({"n": 99}, "other-config", "s")
+    found = store.latest("h", "s")
+    assert found is not None and found.path == paths[1] and found.payload["n"] == 1
+    for path in (paths[3], paths[2]):
+        with pytest.raises(SnapshotError, match=str(path)):
+            store.load(path)
+    logged = capsys.readouterr()
+    assert "snapshot_rejected" in logged.out + logged.err
+    assert store.latest("h", "another input") is None
+
+
+def test_only_the_newest_are_kept_and_no_temp_files_remain(tmp_path):
+    store = SnapshotStore(tmp_path, keep=2)
+    for n in range(5):
+        store.save({"n": n, "a": np.arange(10)}, "h", "s")
+    names = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
+    assert names == ["snapshot-0000000004.pt", "snapshot-0000000005.pt"]
+    assert store.latest("h", "s").payload["a"].tolist() == list(range(10))
