@@ -139,15 +139,29 @@ class TrainingConfig(_Section):
 
 
 class ThresholdConfig(_Section):
-    """Adaptive threshold. ``quantile`` uses quantile/window/margin; ``ewma`` uses alpha/k."""
+    """Adaptive threshold. ``quantile`` uses quantile/window/margin; ``ewma`` uses alpha/k;
+    ``spot`` uses risk/level/depth (and min_samples as its calibration size);
+    ``river_quantile`` (river's QuantileFilter rule) uses quantile."""
 
-    method: Literal["quantile", "ewma"] = "quantile"
+    method: Literal["quantile", "ewma", "spot", "river_quantile"] = "quantile"
     quantile: float = Field(0.995, gt=0.5, lt=1.0)
     window: int = Field(2000, ge=10)
     margin: float = Field(1.0, gt=0.0)
     alpha: float = Field(0.01, gt=0.0, lt=1.0)
     k: float = Field(4.0, gt=0.0)
     min_samples: int = Field(30, ge=1)
+    risk: float = Field(1e-4, gt=0.0, lt=0.5)
+    level: float = Field(0.98, gt=0.5, lt=1.0)
+    depth: int = Field(0, ge=0, le=10_000)
+
+
+class HstConfig(_Section):
+    """river's HalfSpaceTrees, the baseline scorer of ``detector: hst``."""
+
+    n_trees: int = Field(25, ge=1, le=1000)
+    height: int = Field(15, ge=1, le=30)
+    window_size: int = Field(250, ge=1)
+    seed: int = 42
 
 
 class RetrainingConfig(_Section):
@@ -311,7 +325,9 @@ class Config(_Section):
 
     input: InputConfig = InputConfig()
     window: WindowConfig = WindowConfig()
+    detector: Literal["autoencoder", "hst"] = "autoencoder"
     model: ModelConfig = ModelConfig()
+    hst: HstConfig = HstConfig()
     training: TrainingConfig = TrainingConfig()
     threshold: ThresholdConfig = ThresholdConfig()
     retraining: RetrainingConfig = RetrainingConfig()

@@ -24,7 +24,7 @@ def test_shipped_configs_are_valid(name):
         ("model: {hiden_size: 3}", "model.hiden_size: unknown key (expected one of: cell,"),
         (
             "threshold: {method: median}",
-            "threshold.method: got 'median', expected one of 'quantile' or 'ewma'",
+            "threshold.method: got 'median', expected one of 'quantile', 'ewma', 'spot' or 'river_quantile'",
         ),
         ("window: {length: x}", "window.length: got 'x', expected a valid integer"),
         ("input: {value_fields: []}", "input.value_fields: got [], expected at least 1 item(s)"),
@@ -35,7 +35,7 @@ def test_shipped_configs_are_valid(name):
             "warmup_events (50) must be >= window.length (100)",
         ),
         ("output: {alerts: [{type: file}]}", "output.alerts.0: a 'file' sink needs a path"),
-        ("bogus: 1", "bogus: unknown key (expected one of: alerts, input,"),
+        ("bogus: 1", "bogus: unknown key (expected one of: alerts, detector, hst, input,"),
         ("- 1\n- 2", "expected a mapping of sections"),
         ("model: [", "not valid YAML"),
         (
