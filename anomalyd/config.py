@@ -158,9 +158,10 @@ class ThresholdConfig(_Section):
 class HstConfig(_Section):
     """river's HalfSpaceTrees, the baseline scorer of ``detector: hst``."""
 
-    n_trees: int = Field(25, ge=1, le=1000)
-    height: int = Field(15, ge=1, le=30)
+    n_trees: int = Field(10, ge=1, le=1000)
+    height: int = Field(8, ge=1, le=30)
     window_size: int = Field(250, ge=1)
+    limit: float = Field(4.0, gt=0.0)
     seed: int = 42
 
 

@@ -35,7 +35,9 @@ from anomalyd.thresholds import Threshold, make_threshold
 from anomalyd.windows import WindowStore
 
 TOP_FEATURES = 3
-_STATE_SECTIONS = ("input", "window", "model", "training", "retraining", "threshold", "alerts")
+_STATE_SECTIONS = (
+    "input", "window", "detector", "model", "hst", "training", "retraining", "threshold", "alerts",
+)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -94,9 +96,7 @@ class Pipeline:
         self.windows = WindowStore(
             config.window.length, self.features.n_features, config.window.stride, config.window.normalise
         )
-        self.detector = Detector(
-            config.model, config.training, self.features.n_features, config.window.length, config.retraining
-        )
+        self.detector = make_detector(config, self.features.n_features)
         self.expected_lengths = expected_lengths or {}
         # What a checkpoint's model depends on: features, window and model sections.
         self.config_hash = _hash(config, ("input", "window", "model"))
@@ -367,6 +367,16 @@ class Pipeline:
             sequence=sequence,
             source=event.source,
         )
+
+
+def make_detector(config: Config, n_features: int) -> Detector:
+    """The scorer ``config.detector`` names: the autoencoder, or the HalfSpaceTrees baseline."""
+    args = (config.model, config.training, n_features, config.window.length, config.retraining)
+    if config.detector == "hst":
+        from anomalyd.baseline import HstDetector
+
+        return HstDetector(config.hst, *args)
+    return Detector(*args)
 
 
 def _hash(config: Config, sections: tuple[str, ...]) -> str:

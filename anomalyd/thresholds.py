@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from anomalyd.config import ThresholdConfig
+from anomalyd.errors import ModelError
 
 
 class Threshold(Protocol):
@@ -340,10 +341,10 @@ class RiverQuantileThreshold:
         raise NotImplementedError("river's quantile estimator cannot be rescaled")
 
     def get_state(self) -> dict[str, Any]:
-        raise NotImplementedError("threshold 'river_quantile' cannot be snapshotted")
+        raise ModelError("threshold 'river_quantile' cannot be snapshotted: run it without a state directory")
 
     def set_state(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError("threshold 'river_quantile' cannot be snapshotted")
+        raise ModelError("threshold 'river_quantile' cannot be snapshotted: run it without a state directory")
 
 
 def make_threshold(config: ThresholdConfig) -> Threshold:

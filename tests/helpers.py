@@ -19,7 +19,7 @@ def small_config(**sections: dict) -> Config:
         "alerts": {"cooldown_events": 16},
     }
     for name, values in sections.items():
-        base[name] = {**base.get(name, {}), **values}
+        base[name] = {**base.get(name, {}), **values} if isinstance(values, dict) else values
     return parse_config(base)
 
 
