@@ -141,9 +141,10 @@ class TrainingConfig(_Section):
 class ThresholdConfig(_Section):
     """Adaptive threshold. ``quantile`` uses quantile/window/margin; ``ewma`` uses alpha/k;
     ``spot`` uses risk/level/depth (and min_samples as its calibration size);
+    ``likelihood`` uses risk/short/alpha;
     ``river_quantile`` (river's QuantileFilter rule) uses quantile."""
 
-    method: Literal["quantile", "ewma", "spot", "river_quantile"] = "quantile"
+    method: Literal["quantile", "ewma", "spot", "likelihood", "river_quantile"] = "quantile"
     quantile: float = Field(0.995, gt=0.5, lt=1.0)
     window: int = Field(2000, ge=10)
     margin: float = Field(1.0, gt=0.0)
@@ -153,6 +154,7 @@ class ThresholdConfig(_Section):
     risk: float = Field(1e-4, gt=0.0, lt=0.5)
     level: float = Field(0.98, gt=0.5, lt=1.0)
     depth: int = Field(0, ge=0, le=10_000)
+    short: int = Field(10, ge=1, le=10_000)
 
 
 class HstConfig(_Section):

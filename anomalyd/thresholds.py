@@ -309,6 +309,79 @@ class SpotThreshold:
             self._fit()
 
 
+class LikelihoodThreshold:
+    """Numenta's anomaly likelihood (Ahmad et al., 2017) as a threshold on raw scores.
+
+    The mean of the last ``short`` scores is compared with the long-run distribution of such
+    means (a normal fit, exponentially weighted with ``alpha``): anomalous when its upper
+    tail probability is below ``risk``, i.e. when the likelihood exceeds ``1 - risk``. One
+    high score counts for ``1/short`` of the mean, a sustained rise for all of it. Means of
+    anomalous points do not update the long-run fit. In score units the threshold is the
+    score that would lift the short mean to the cut-off.
+
+    >>> th = LikelihoodThreshold(risk=1e-4, short=5, alpha=0.01, min_samples=50)
+    >>> rng = np.random.default_rng(0)
+    >>> for s in rng.normal(1.0, 0.1, 500):
+    ...     th.update(float(s))
+    >>> th.classify(1.1), th.classify(3.0)
+    (False, True)
+    """
+
+    __slots__ = ("_mean", "_n", "_recent", "_var", "_z", "alpha", "min_samples", "risk", "short")
+
+    def __init__(self, risk: float = 1e-4, short: int = 10, alpha: float = 0.001, min_samples: int = 30):
+        from statistics import NormalDist
+
+        self.risk = risk
+        self.short = short
+        self.alpha = alpha
+        self.min_samples = min_samples
+        self._z = NormalDist().inv_cdf(1.0 - risk)
+        self._recent = np.zeros(0, dtype=np.float64)  # the last short - 1 scores
+        self._n = 0
+        self._mean = 0.0
+        self._var = 0.0
+
+    @property
+    def value(self) -> float:
+        if self._n < self.min_samples:
+            return math.nan
+        cutoff = self._mean + self._z * math.sqrt(self._var)
+        held = self._recent[-(self.short - 1) :] if self.short > 1 else self._recent[:0]
+        return self.short * cutoff - float(held.sum()) - (self.short - 1 - held.size) * self._mean
+
+    def classify(self, score: float) -> bool:
+        return self._n >= self.min_samples and score > self.value
+
+    def update(self, score: float) -> None:
+        if math.isnan(score):
+            return
+        anomalous = self.classify(score)
+        window = np.append(self._recent, score)[-self.short :]
+        self._recent = window[1:] if window.size == self.short else window
+        if anomalous:
+            return
+        mean = float(window.mean())
+        self._n += 1
+        alpha = max(self.alpha, 1.0 / self._n)  # a plain average until 1/alpha means were seen
+        delta = mean - self._mean
+        self._mean += alpha * delta
+        self._var = (1.0 - alpha) * (self._var + alpha * delta * delta)
+
+    def rescale(self, factor: float) -> None:
+        self._recent = self._recent * factor
+        self._mean *= factor
+        self._var *= factor * factor
+
+    def get_state(self) -> dict[str, Any]:
+        return {"recent": self._recent.copy(), "numbers": [self._n, self._mean, self._var]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._recent = np.asarray(state["recent"], dtype=np.float64)
+        n, mean, var = state["numbers"]
+        self._n, self._mean, self._var = int(n), float(mean), float(var)
+
+
 class RiverQuantileThreshold:
     """river's ``QuantileFilter`` rule: anomalous when the score is at or above the running
     ``quantile`` of every score so far (river's streaming estimate). The baseline's filter.
@@ -355,6 +428,8 @@ def make_threshold(config: ThresholdConfig) -> Threshold:
         return EwmaThreshold(config.alpha, config.k, config.min_samples)
     if config.method == "spot":
         return SpotThreshold(config.risk, config.level, config.min_samples, config.depth)
+    if config.method == "likelihood":
+        return LikelihoodThreshold(config.risk, config.short, config.alpha, config.min_samples)
     if config.method == "river_quantile":
         return RiverQuantileThreshold(config.quantile, config.min_samples)
     raise ValueError(f"unknown threshold method {config.method!r}")

@@ -7,7 +7,7 @@ from anomalyd.alerting import AlertGate
 from anomalyd.config import ThresholdConfig
 from anomalyd.thresholds import EwmaThreshold, QuantileThreshold, SpotThreshold, make_threshold
 
-METHODS = ["quantile", "ewma", "spot", "dspot"]
+METHODS = ["quantile", "ewma", "spot", "dspot", "likelihood"]
 
 
 def config(method: str, **kwargs) -> ThresholdConfig:
