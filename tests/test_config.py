@@ -24,7 +24,8 @@ def test_shipped_configs_are_valid(name):
         ("model: {hiden_size: 3}", "model.hiden_size: unknown key (expected one of: cell,"),
         (
             "threshold: {method: median}",
-            "threshold.method: got 'median', expected one of 'quantile', 'ewma', 'spot', 'likelihood' or 'river_quantile'",
+            "threshold.method: got 'median', expected one of 'quantile', 'ewma', 'spot', 'likelihood' or "
+            "'river_quantile'",
         ),
         ("window: {length: x}", "window.length: got 'x', expected a valid integer"),
         ("input: {value_fields: []}", "input.value_fields: got [], expected at least 1 item(s)"),
