@@ -12,7 +12,7 @@ def test_default_yaml_equals_builtin_defaults():
     assert load_config(ROOT / "config" / "default.yaml") == Config()
 
 
-@pytest.mark.parametrize("name", ["default", "nab", "sensors", "prices", "prices-intraday"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "config").glob("*.yaml")))
 def test_shipped_configs_are_valid(name):
     load_config(ROOT / "config" / f"{name}.yaml")
 
