@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import click
 import yaml
@@ -157,7 +157,7 @@ def _evaluate_usage(suite: str | None, data_dir: Path | None, nab_labels: Path |
             "--suite writes its own outputs; score existing ones with --nab-labels or --skab"
         )
     if suite is None and replay_options:
-        raise click.UsageError("-c and --workdir go with --suite")
+        raise click.UsageError("-c, --baseline and --workdir go with --suite")
     if nab_labels is not None and not (alerts or scores):
         raise click.UsageError("--nab-labels needs --alerts and/or --scores")
     if skab and (scores is None or alerts is not None):
@@ -186,43 +186,60 @@ _EXISTING_FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep --suite outputs here (alerts.jsonl, scores.csv, runs/); default: a temporary folder.",
 )
+@click.option(
+    "--baseline",
+    "baseline_path",
+    type=click.Path(dir_okay=False, exists=True),
+    help="With --suite: also replay this config (e.g. config/nab-hst.yaml) and print it beside ours.",
+)
 @click.option("--alerts", "alerts_path", type=_EXISTING_FILE, help="Existing alerts (JSON lines) to score.")
 @click.option("--scores", "scores_path", type=_EXISTING_FILE, help="Existing scores CSV to score.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write JSON.")
 @_clean_errors
 def evaluate(
     data_dir: Path | None, suite: str | None, nab_labels: Path | None, skab: bool, config_path: str | None,
-    workdir: Path | None, alerts_path: Path | None, scores_path: Path | None, json_path: Path | None,
+    workdir: Path | None, baseline_path: str | None, alerts_path: Path | None, scores_path: Path | None,
+    json_path: Path | None,
 ) -> None:  # fmt: skip
     """Score anomalyd on NAB or SKAB: replay a benchmark folder, or score existing outputs.
 
     \b
-    anomalyd evaluate --suite nab|skab DATA_DIR [-c CONFIG] [--workdir DIR] [--json FILE]
+    anomalyd evaluate --suite nab|skab DATA_DIR [-c CONFIG] [--baseline CONFIG] [--workdir DIR] [--json FILE]
     anomalyd evaluate --nab-labels FILE [--alerts ALERTS.jsonl] [--scores SCORES.csv] [--json FILE]
     anomalyd evaluate --skab --scores SCORES.csv [--json FILE]
     """
     import json
 
     from anomalyd.evaluation import NabReport, evaluate_suite, score_nab, score_skab
-    from anomalyd.evaluation.table import format_nab, format_skab
+    from anomalyd.evaluation.table import format_comparison, format_nab, format_skab
 
-    replay_options = config_path is not None or workdir is not None
+    replay_options = config_path is not None or workdir is not None or baseline_path is not None
     _evaluate_usage(suite, data_dir, nab_labels, skab, replay_options, alerts_path, scores_path)
+    baseline = None
     if suite is not None and data_dir is not None:
         config = _load(config_path)
+        kind: Literal["nab", "skab"] = "nab" if suite == "nab" else "skab"
 
         def announce(index: int, total: int, name: str) -> None:
             click.echo(f"[{index}/{total}] replaying {name}", err=True)
 
-        report = evaluate_suite("nab" if suite == "nab" else "skab", data_dir, config, workdir, announce)
+        report = evaluate_suite(kind, data_dir, config, workdir, announce)
+        if baseline_path is not None:
+            where = workdir / "baseline" if workdir is not None else None
+            baseline = evaluate_suite(kind, data_dir, load_config(baseline_path), where, announce)
     elif nab_labels is not None:
         report = score_nab(nab_labels, alerts_path, scores_path)
     else:
         assert scores_path is not None
         report = score_skab(scores_path)
     if json_path is not None:
-        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        body = report.to_dict() if baseline is None else {**report.to_dict(), "baseline": baseline.to_dict()}
+        json_path.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     click.echo(format_nab(report) if isinstance(report, NabReport) else format_skab(report))
+    if baseline is not None:
+        click.echo("\nbaseline (" + str(baseline_path) + "):")
+        click.echo(format_nab(baseline) if isinstance(baseline, NabReport) else format_skab(baseline))
+        click.echo("\n" + format_comparison(report, baseline))
 
 
 @main.command()

@@ -103,14 +103,24 @@ def test_evaluate_suite_skab_on_the_real_files(datasets_dir, tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     out = subprocess.run(
         [sys.executable, "-m", "anomalyd.cli", "evaluate", "--suite", "skab", str(datasets_dir / "skab"),
-         "-c", str(config), "--workdir", str(tmp_path / "work"), "--json", str(tmp_path / "r.json")],
+         "-c", str(config), "--workdir", str(tmp_path / "work"), "--json", str(tmp_path / "r.json"),
+         "--baseline", str(ROOT / "config" / "sensors-hst.yaml")],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    table = out.stdout.splitlines()
+    ours, baseline, comparison = out.stdout.split("\n\n")
+    table = ours.splitlines()
     assert [line.split()[0] for line in table[2:]] == [f"valve2/{i}.csv" for i in range(4)] + ["pooled"]
     pooled = table[-1].split()
     assert pooled[1] == str(725 + 663 + 729 + 595) and pooled[2] == str(394 + 333 + 395 + 395)
     assert 0.0 <= float(pooled[4]) <= 1.0 and pooled[5].endswith("%") and pooled[6].endswith("%")
     assert (tmp_path / "work" / "scores.csv").exists() and (tmp_path / "work" / "alerts.jsonl").exists()
-    assert json.loads((tmp_path / "r.json").read_text())["pooled"]["rows"] == 2712
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["pooled"]["rows"] == report["baseline"]["pooled"]["rows"] == 2712
+    # the baseline (HalfSpaceTrees) went through the same replay path, and the comparison adds up
+    assert "sensors-hst.yaml" in baseline and (tmp_path / "work" / "baseline" / "scores.csv").exists()
+    f1 = {line.split()[0]: line.split() for line in comparison.splitlines()[2:] if line.startswith("pooled F1")}
+    _, _, a, b, diff = f1["pooled"]
+    assert float(a) == pytest.approx(report["pooled"]["f1"], abs=5e-4)
+    assert float(b) == pytest.approx(report["baseline"]["pooled"]["f1"], abs=5e-4)
+    assert float(diff) == pytest.approx(float(a) - float(b), abs=2e-3)

@@ -79,3 +79,24 @@ def format_skab(report: SkabReport) -> str:
     rows = [header, *(_skab_row(n, c) for n, c in report.files), _skab_row("pooled", report.pooled)]
     title = "SKAB point metrics of is_anomaly (rows: after each file's first 400)"
     return "\n".join([title, *_align(rows)])
+
+
+def format_comparison(ours: NabReport | SkabReport, baseline: NabReport | SkabReport) -> str:
+    """One line per headline figure: ours, the baseline's, and the difference."""
+    rows = [["", "anomalyd", "baseline", "difference"]]
+    if isinstance(ours, NabReport) and isinstance(baseline, NabReport):
+        for p in PROFILES:
+            a = ours.alerts.normalised(p) if ours.alerts is not None else None
+            b = baseline.alerts.normalised(p) if baseline.alerts is not None else None
+            diff = None if a is None or b is None else a - b
+            rows.append([f"NAB {_SHORT[p.name]} (alerts)", _number(a), _number(b), _number(diff)])
+    elif isinstance(ours, SkabReport) and isinstance(baseline, SkabReport):
+        x, y = ours.pooled, baseline.pooled
+        rows.append(["pooled F1", _number(x.f1, 3), _number(y.f1, 3), _number(_minus(x.f1, y.f1), 3)])
+        rows.append(["pooled FAR", _percent(x.far), _percent(y.far), _percent(_minus(x.far, y.far))])
+        rows.append(["pooled MAR", _percent(x.mar), _percent(y.mar), _percent(_minus(x.mar, y.mar))])
+    return "\n".join(["anomalyd beside the baseline", *_align(rows)])
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
