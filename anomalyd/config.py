@@ -155,6 +155,7 @@ class ThresholdConfig(_Section):
     level: float = Field(0.98, gt=0.5, lt=1.0)
     depth: int = Field(0, ge=0, le=10_000)
     short: int = Field(10, ge=1, le=10_000)
+    calibration: Literal["warmup", "live"] = "warmup"
 
 
 class HstConfig(_Section):

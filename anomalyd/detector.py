@@ -172,14 +172,14 @@ class Detector:
         model = self.slots[model_id].model
         if model is None:
             raise RuntimeError(f"model {model_id!r} has not been trained")
-        scores, per_feature = [], []
+        data = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))  # (N, T, F), no copy
+        scores = np.empty(len(windows), dtype=np.float32)
+        per_feature = np.empty((len(windows), self.args.n_features), dtype=np.float32)
         size = self.config.score_batch_size
         for start in range(0, len(windows), size):
-            x = torch.from_numpy(windows[start : start + size]).to(self.device)
-            s, f = reconstruction_errors(model, x)
-            scores.append(s.cpu().numpy())
-            per_feature.append(f.cpu().numpy())
-        return np.concatenate(scores), np.concatenate(per_feature)
+            s, f = reconstruction_errors(model, data[start : start + size].to(self.device))
+            scores[start : start + size], per_feature[start : start + size] = s.cpu().numpy(), f.cpu().numpy()
+        return scores, per_feature
 
     def is_trained(self, model_id: str) -> bool:
         slot = self.slots.get(model_id)
@@ -248,7 +248,8 @@ class Detector:
 
     def _reset_drift(self, slot: ModelSlot) -> None:
         slot.drifted = False
-        slot.drift = DriftMonitor(self.retraining.drift_delta) if self.retraining.on_drift else None
+        on = self.retraining.enabled and self.retraining.on_drift  # no monitor: nothing to trigger
+        slot.drift = DriftMonitor(self.retraining.drift_delta) if on else None
 
     def swap(self, model_id: str) -> RetrainOutcome:
         """Wait for the due candidate, judge it against the live model, promote it or not."""

@@ -1,8 +1,10 @@
 """Batch of events -> features -> windows -> scores -> decisions -> alerts. Pure: no I/O.
 
 The same :class:`Pipeline` serves a file replay and the Kafka daemon. Results never depend
-on how the stream was cut into batches: events are taken one by one in stream order, and
-only the forward passes are batched, split wherever a model is (re)trained.
+on how the stream was cut into batches: features and windows of a whole batch are computed
+with array operations that give the numbers one event at a time would, the forward passes
+are batched (split wherever a model is (re)trained), and the decisions are taken window by
+window in stream order.
 
 A key goes through three states:
 
@@ -28,7 +30,7 @@ from anomalyd.alerting import AlertGate
 from anomalyd.config import Config
 from anomalyd.detector import Detector, RetrainOutcome
 from anomalyd.events import Alert, DeadLetter, Event, alert_id
-from anomalyd.features import FeatureError, FeatureTransform
+from anomalyd.features import FeatureTransform
 from anomalyd.model import Autoencoder
 from anomalyd.sources.base import Batch
 from anomalyd.thresholds import Threshold, make_threshold
@@ -76,12 +78,13 @@ class _Outputs:
 
 
 @dataclass(slots=True)
-class _Pending:
-    position: int
-    sequence: int
-    state: KeyState
-    window: np.ndarray
-    decide: bool  # False: calibrate the threshold only (key still warming up)
+class _Windows:
+    """A batch's windows to score, stacked, and per window (row) the record it ends at."""
+
+    stack: np.ndarray  # (R, T, F) float32
+    positions: list[int]  # the record's place in the batch's events
+    sequences: list[int]  # the record's sequence in its key's stream
+    states: list[KeyState]
 
 
 class Pipeline:
@@ -141,57 +144,78 @@ class Pipeline:
                 self.detector.slots.pop(state.model_id, None)
 
     def process(self, batch: Batch) -> BatchResult:
+        """Features, windows and forward passes for the whole batch at once (arrays); then
+        the decisions, window by window in stream order (thresholds and gates are stateful)."""
         started = time.perf_counter()
-        events: list[Event] = []
         dead = list(batch.dead_letters)
-        trained: list[tuple[str, int]] = []
-        pending: list[_Pending] = []
-        n = len(batch.events)
+        events, indices, values = self._features(batch.events, dead)
+        windows = self._windows(events, indices, values)
+        n = len(events)
         out = _Outputs(np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool), [], [])
-        for event in batch.events:
-            index = self.windows.index(event.key)
-            try:
-                features = self.features.apply(index, event.values)
-            except FeatureError as exc:
-                dead.append(DeadLetter(str(exc), _record(event), event.source))
-                continue
-            state = self._state(event.key, index)
-            position = len(events)
-            events.append(event)
-            sequence = state.sequence
-            state.sequence += 1
-            if not self.windows.push(index, features):
-                continue
-            window = self.windows.window(index).copy()
-            trained_now = self.detector.is_trained(state.model_id)
-            if sequence >= state.warmup:
-                pending.append(_Pending(position, sequence, state, window, decide=True))
-                continue
-            if sequence >= 2 * self.config.window.length - 1 or sequence == state.warmup - 1:
-                # The first windows are normalised with the statistics of a handful of values;
-                # they would teach the model (and its thresholds) noise.
-                self.detector.remember(state.model_id, index, window)
-            if trained_now:
-                pending.append(_Pending(position, sequence, state, window, decide=False))
-            elif sequence == state.warmup - 1:
-                self._score_pending(pending, events, out)
-                pending.clear()
-                self._train(state.model_id)
-                trained.append((state.model_id, self.detector.slot(state.model_id).version))
-        self._score_pending(pending, events, out)
-        m = len(events)
+        trained = self._walk(windows, events, out)
         seconds = time.perf_counter() - started
         return BatchResult(
-            events,
-            out.scores[:m],
-            out.thresholds[:m],
-            out.flags[:m],
-            out.alerts,
-            dead,
-            trained,
-            seconds,
-            out.retrained,
+            events, out.scores, out.thresholds, out.flags, out.alerts, dead, trained, seconds, out.retrained
         )
+
+    def _features(
+        self, records: list[Event], dead: list[DeadLetter]
+    ) -> tuple[list[Event], list[int], np.ndarray]:
+        """The records whose features are finite, their keys' rows and their features (N, F);
+        the others go to ``dead``. Every record's key gets its row, as it always has."""
+        index = self.windows.index
+        indices = [index(event.key) for event in records]
+        raw = np.array([event.values for event in records], dtype=np.float64)
+        raw = raw.reshape(len(records), len(self.config.input.value_fields))
+        values, errors = self.features.apply_many(indices, raw)
+        if not errors:
+            return records, indices, values
+        for i in errors:
+            dead.append(DeadLetter(errors[i], _record(records[i]), records[i].source))
+        kept = [i for i in range(len(records)) if i not in errors]
+        return [records[i] for i in kept], [indices[i] for i in kept], values[kept]
+
+    def _windows(self, events: list[Event], indices: list[int], values: np.ndarray) -> _Windows:
+        """Count every event in its key's stream and push them all; the windows due, stacked."""
+        sequences, states = [], []
+        known = self.states
+        for event, index in zip(events, indices, strict=True):
+            state = known.get(event.key) or self._state(event.key, index)
+            sequences.append(state.sequence)
+            state.sequence += 1
+            states.append(state)
+        ready, stack = self.windows.push_many(np.array(indices, dtype=np.int64), values)
+        positions = np.flatnonzero(ready).tolist()
+        return _Windows(stack, positions, [sequences[p] for p in positions], [states[p] for p in positions])
+
+    def _walk(self, windows: _Windows, events: list[Event], out: _Outputs) -> list[tuple[str, int]]:
+        """Each window in stream order: decided after warm-up; during it kept to train on and,
+        once the key's model is trained, scored to calibrate the threshold. Pending windows
+        are scored together, before a model trains mid-batch and at the end."""
+        trained: list[tuple[str, int]] = []
+        rows: list[int] = []
+        decide: list[bool] = []
+        length = self.config.window.length
+        for row, (sequence, state) in enumerate(zip(windows.sequences, windows.states, strict=True)):
+            if sequence >= state.warmup:
+                rows.append(row)
+                decide.append(True)
+                continue
+            model_id = state.model_id
+            if sequence >= 2 * length - 1 or sequence == state.warmup - 1:
+                # The first windows are normalised with the statistics of a handful of values;
+                # they would teach the model (and its thresholds) noise.
+                self.detector.remember(model_id, state.index, windows.stack[row])
+            if self.detector.is_trained(model_id):
+                rows.append(row)
+                decide.append(False)  # calibrate the threshold only (key still warming up)
+            elif sequence == state.warmup - 1:
+                self._score_pending(rows, decide, windows, events, out)
+                rows, decide = [], []
+                self._train(model_id)
+                trained.append((model_id, self.detector.slot(model_id).version))
+        self._score_pending(rows, decide, windows, events, out)
+        return trained
 
     def get_state(self) -> dict[str, Any]:
         """All per-key and per-model state, as numbers, arrays and tensors (see :mod:`anomalyd.snapshot`)."""
@@ -233,10 +257,13 @@ class Pipeline:
         self.detector.close()
 
     def _train(self, model_id: str) -> None:
-        """Train ``model_id`` on its buffer, then calibrate each key's threshold on its windows."""
+        """Train ``model_id`` on its buffer, then calibrate each key's threshold on its windows
+        (unless ``threshold.calibration`` is ``live``: thresholds then learn from new data only)."""
         self.detector.train(model_id)
         buffer = self.detector.slot(model_id).buffer
         scores, _ = self.detector.score(model_id, np.stack([w for _, w in buffer]))
+        if self.config.threshold.calibration == "live":
+            return
         by_index = {s.index: s for s in self.states.values() if s.model_id == model_id}
         for (index, _), score in zip(buffer, scores, strict=True):
             state = by_index.get(index)
@@ -244,53 +271,68 @@ class Pipeline:
                 state.threshold.update(float(score))
 
     def _score_pending(
-        self,
-        pending: list[_Pending],
-        events: list[Event],
-        out: _Outputs,
+        self, rows: list[int], decide: list[bool], windows: _Windows, events: list[Event], out: _Outputs
     ) -> None:
-        """Score pending windows (one forward pass per model), then decide them in order.
+        """Score windows ``rows`` (one forward pass per model), then decide them in order.
 
         When a retrained model is due at one of these windows, it is judged and swapped in
         right after that window, and the model's later windows here are scored again.
         """
-        if not pending:
+        if not rows:
             return
-        by_model: dict[str, list[int]] = {}
-        for i, item in enumerate(pending):
-            by_model.setdefault(item.state.model_id, []).append(i)
-        item_scores = np.empty(len(pending))
-        item_errors = np.empty((len(pending), self.features.n_features))
-        for model_id, rows in by_model.items():
-            s, e = self.detector.score(model_id, np.stack([pending[i].window for i in rows]))
-            item_scores[rows], item_errors[rows] = s, e
-        for i, item in enumerate(pending):
-            threshold = item.state.threshold
-            score = float(item_scores[i])
-            if not item.decide:
+        by_model, item_scores, errors = self._score_rows(rows, windows)
+        states, positions, sequences = windows.states, windows.positions, windows.sequences
+        views, observe = list(windows.stack), self.detector.observe  # one view per window, made in C
+        decided: list[tuple[int, float, float, bool]] = []  # written to ``out`` at the end
+        for i, (row, decides) in enumerate(zip(rows, decide, strict=True)):
+            state, score = states[row], item_scores[i]
+            threshold = state.threshold
+            if not decides:
                 threshold.update(score)
                 continue
             limit = threshold.value
             anomalous = threshold.classify(score)
             threshold.update(score)
-            out.scores[item.position], out.thresholds[item.position], out.flags[item.position] = (
-                score,
-                limit,
-                anomalous,
-            )
-            if item.state.gate.step(anomalous):
-                out.alerts.append(self._alert(events[item.position], item, score, limit, item_errors[i]))
-            model_id = item.state.model_id
+            position, sequence = positions[row], sequences[row]
+            decided.append((position, score, limit, anomalous))
+            if state.gate.step(anomalous):
+                out.alerts.append(self._alert(events[position], state, sequence, score, limit, errors[i]))
             # A flagged point stays inside the key's next windows: none of them is learned from.
             if anomalous:
-                item.state.quarantine = item.sequence + self.config.window.length
-            learnable = not anomalous and item.sequence >= item.state.quarantine
-            if self.detector.observe(model_id, score, learnable, item.state.index, item.window):
+                state.quarantine = sequence + self.config.window.length
+            learnable = not anomalous and sequence >= state.quarantine
+            if observe(state.model_id, score, learnable, state.index, views[row]):
+                model_id = state.model_id
                 out.retrained.append(self._swap(model_id))
                 rest = [j for j in by_model[model_id] if j > i]
                 if rest:
-                    s, e = self.detector.score(model_id, np.stack([pending[j].window for j in rest]))
-                    item_scores[rest], item_errors[rest] = s, e
+                    rescored, errors[rest] = self._forward(model_id, [rows[j] for j in rest], windows.stack)
+                    for j, value in zip(rest, rescored.tolist(), strict=True):
+                        item_scores[j] = value
+        if decided:
+            at, values, limits, flags = zip(*decided, strict=True)
+            where = list(at)
+            out.scores[where], out.thresholds[where], out.flags[where] = values, limits, flags
+
+    def _score_rows(
+        self, rows: list[int], windows: _Windows
+    ) -> tuple[dict[str, list[int]], list[float], np.ndarray]:
+        """Windows ``rows`` grouped by model (positions in ``rows``), scored: one forward pass
+        per model. Scores as Python floats (the decisions read them one at a time)."""
+        by_model: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            by_model.setdefault(windows.states[row].model_id, []).append(i)
+        errors = np.empty((len(rows), self.features.n_features))
+        scores = np.empty(len(rows))
+        for model_id, items in by_model.items():
+            scores[items], errors[items] = self._forward(model_id, [rows[i] for i in items], windows.stack)
+        return by_model, scores.tolist(), errors
+
+    def _forward(self, model_id: str, rows: list[int], stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and per-feature errors of windows ``rows`` of ``stack`` (increasing rows);
+        all of them in order is the stack itself, not a copy."""
+        windows = stack if len(rows) == len(stack) else stack[rows]
+        return self.detector.score(model_id, windows)
 
     def _swap(self, model_id: str) -> RetrainOutcome:
         """Swap in a due candidate and move its keys' thresholds to its score scale.
@@ -343,9 +385,10 @@ class Pipeline:
             if not rebuilt.value <= state.threshold.value:
                 state.threshold = rebuilt
 
-    def _alert(self, event: Event, item: _Pending, score: float, limit: float, errors: np.ndarray) -> Alert:
-        version = self.detector.slot(item.state.model_id).version
-        sequence = item.sequence
+    def _alert(
+        self, event: Event, state: KeyState, sequence: int, score: float, limit: float, errors: np.ndarray
+    ) -> Alert:
+        version = self.detector.slot(state.model_id).version
         total = float(errors.sum()) or 1.0
         top = np.argsort(-errors, kind="stable")[:TOP_FEATURES]
         return Alert(

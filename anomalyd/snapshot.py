@@ -13,8 +13,6 @@ config or another input is rejected with a log line naming it, and the one befor
 >>> found = store.latest(state_hash="h", source_id="s")
 >>> found.payload["state"]["x"].tolist(), found.path == path
 ([0.0, 1.0, 2.0], True)
->>> store.latest(state_hash="other", source_id="s") is None
-True
 """
 
 from __future__ import annotations

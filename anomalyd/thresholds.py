@@ -45,8 +45,9 @@ class Threshold(Protocol):
 class QuantileThreshold:
     """A high quantile of the most recent ``window`` scores, times ``margin``.
 
-    The quantile is recomputed every ``refresh`` updates (exactly, with numpy, over a ring
-    buffer), so its cost per event stays well under a microsecond.
+    The quantile is recomputed every ``refresh`` updates (``window // 128``; exactly, with
+    numpy, over a ring buffer), so its cost per event stays around a microsecond; between
+    refreshes the threshold lags by at most ``refresh - 1`` scores.
     """
 
     __slots__ = ("_n", "_ring", "_stale", "_value", "margin", "min_samples", "quantile", "refresh")
@@ -74,7 +75,7 @@ class QuantileThreshold:
         self._ring[self._n % self._ring.size] = score
         self._n += 1
         self._stale += 1
-        if self._n >= self.min_samples and (self._stale >= self.refresh or self._n <= self._ring.size):
+        if self._n >= self.min_samples and (self._stale >= self.refresh or self._n == self.min_samples):
             self._recompute()
 
     def rescale(self, factor: float) -> None:

@@ -11,6 +11,16 @@ newest window is always one contiguous slice: no copy, no wrap-around.
 [False, False, True, True]
 >>> store.window(k).shape
 (3, 1)
+
+The hot path pushes a whole batch at once: :meth:`WindowStore.push_many` gives the same
+rings and statistics as one :meth:`~WindowStore.push` per record, and the windows to score
+stacked in one array.
+
+>>> ready, windows = store.push_many(np.array([k, store.index("s2"), k]), np.array([[5.0], [1.0], [6.0]]))
+>>> ready.tolist(), windows.shape
+([True, False, True], (2, 3, 1))
+>>> bool(np.array_equal(windows[1], store.window(k)))
+True
 """
 
 from __future__ import annotations
@@ -18,10 +28,18 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 # A value this many standard deviations out is anomalous beyond doubt; clipping keeps the
 # model's inputs in a range where float32 and the network's tanh units stay well behaved.
 _CLIP = 50.0
+# Welford's updates are sequential within a key, so a batch is normalised rank by rank across
+# keys; below this many (key, feature) values at one rank numpy's per-call cost outweighs
+# the vectorisation, and the rest of those keys' runs is updated in Python floats instead.
+_VECTOR_MIN = 64
+# Fewer records than this are pushed one by one: below it numpy's fixed cost per call (some
+# 20 calls a batch) outweighs what the vectorisation saves.
+_BATCH_MIN = 16
 
 
 class WindowStore:
@@ -88,6 +106,98 @@ class WindowStore:
         self._count[idx] = n + 1
         return n + 1 >= T and (n + 1 - T) % self.stride == 0
 
+    def push_many(self, idx: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Add records of keys ``idx`` (N,) with ``values`` (N, F), in stream order.
+
+        Rings, counts and statistics end up as N calls of :meth:`push` leave them, bit for
+        bit. Returns which records end a window to score (N,) and those windows, stacked
+        (R, T, F) float32 in stream order: a new array, not views of the rings.
+        """
+        T, n = self.length, len(idx)
+        if n < _BATCH_MIN:
+            return self._push_each(idx, values)
+        order = np.argsort(idx, kind="stable")  # each key's records together, in stream order
+        keys, first, runs = np.unique(idx[order], return_index=True, return_counts=True)
+        owner = np.repeat(np.arange(len(keys)), runs)  # (N,) sorted record -> its key, 0..K-1
+        rank = np.arange(n) - first[owner]  # (N,) place in its key's run
+        x = np.asarray(values, dtype=np.float64)[order]
+        scaled = self._normalise_runs(keys, first, runs, x) if self.normalise else x
+        before = self._count[keys]
+        count = before[owner] + rank + 1  # (N,) the key's count once the record is in
+        ready = np.empty(n, dtype=bool)
+        ready[order] = (count >= T) & ((count - T) % self.stride == 0)
+        starts, series = self._series(keys, before, runs, owner, rank, scaled)
+        start = np.empty(n, dtype=np.int64)
+        start[order] = starts
+        windows = _rolling(series, T)[start[ready]]  # (R, T, F), a new array
+        # Only a key's last T values are still in its ring (both halves) after the batch.
+        last = rank >= runs[owner] - T
+        rows, slots = keys[owner[last]], (count[last] - 1) % T
+        self._ring[rows, slots] = self._ring[rows, slots + T] = scaled[last]
+        self._count[keys] = before + runs
+        return ready, windows
+
+    def _push_each(self, idx: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`push_many` for a few records: :meth:`push` one by one, each window copied."""
+        ready: list[bool] = []
+        windows: list[np.ndarray] = []
+        for i, row in zip(idx.tolist(), np.asarray(values, dtype=np.float64), strict=True):
+            ready.append(self.push(i, row))
+            if ready[-1]:
+                windows.append(self.window(i).copy())  # a view: the next push may overwrite it
+        stacked = np.stack(windows) if windows else np.zeros((0, self.length, self.n_features), np.float32)
+        return np.array(ready, dtype=bool), stacked
+
+    def _series(
+        self,
+        keys: np.ndarray,
+        before: np.ndarray,
+        runs: np.ndarray,
+        owner: np.ndarray,
+        rank: np.ndarray,
+        scaled: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per key one block: its T - 1 newest values before the batch, then its new ones.
+
+        The window ending at a key's record of rank ``r`` is its block's rows r .. r + T - 1;
+        returns where those windows start (N,) and the blocks end to end (K(T - 1) + N, F).
+        Blocks are copied whole through strided views (one copy per key, not one per value).
+        """
+        T = self.length
+        block = T - 1 + runs
+        offset = np.cumsum(block) - block
+        series = np.empty((int(block.sum()), self.n_features), dtype=np.float32)
+        ring = self._ring
+        # (capacity, T + 2, T - 1, F): item [k, s] is row k's ring columns s .. s + T - 2.
+        shape, strides = (len(ring), T + 2, T - 1, ring.shape[2]), ring.strides[:2] + ring.strides[1:]
+        newest = as_strided(ring, shape, strides, writeable=False)
+        _rolling(series, T - 1, writeable=True)[offset] = newest[keys, before % T + 1]
+        starts = offset[owner] + rank
+        series[starts + T - 1] = scaled
+        return starts, series
+
+    def _normalise_runs(
+        self, keys: np.ndarray, first: np.ndarray, runs: np.ndarray, x: np.ndarray
+    ) -> np.ndarray:
+        """:meth:`push`'s Welford step over each key's run of values ``x`` (rows ``first`` ..
+        ``first + runs`` for each key), vectorised across keys one rank at a time; the long
+        runs of a few keys go on in Python floats. Updates the keys' mean and M2."""
+        by_length = np.argsort(-runs, kind="stable")
+        keys, first, runs = keys[by_length], first[by_length], runs[by_length]
+        n, mean, m2 = self._count[keys], self._mean[keys], self._m2[keys]  # copies
+        out = np.empty_like(x)
+        rank, active = 0, len(keys)
+        while active and active * x.shape[1] >= _VECTOR_MIN:
+            rows = first[:active] + rank
+            out[rows] = _welford_step(x[rows], n[:active], mean[:active], m2[:active])
+            rank += 1
+            active = int(np.count_nonzero(runs[:active] > rank))
+        if active:  # the rest of the few longest runs
+            rows, cols, stats = _welford_tails(first[:active] + rank, runs[:active] - rank, x, n, mean, m2)
+            out[rows, cols] = _scale(x[rows, cols], *stats)
+        self._mean[keys], self._m2[keys] = mean, m2
+        return out
+
     def window(self, idx: int) -> np.ndarray:
         """The key's newest window (T, F), oldest value first: a view, copy it to keep it."""
         start = int(self._count[idx]) % self.length
@@ -128,3 +238,74 @@ class WindowStore:
         self._count[:n] = state["count"]
         self._mean[:n] = state["mean"]
         self._m2[:n] = state["m2"]
+
+
+def _rolling(a: np.ndarray, length: int, writeable: bool = False) -> np.ndarray:
+    """A view of ``a`` (N, F) whose item i is rows i .. i + length - 1: (N - length + 1, length, F).
+
+    Items overlap: write through it only to items whose rows do not.
+    """
+    row, col = a.strides
+    return as_strided(a, (len(a) - length + 1, length, a.shape[1]), (row, row, col), writeable=writeable)
+
+
+def _scale(v: np.ndarray, n: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> np.ndarray:
+    """Values scaled by the statistics of the ``n`` values before each (0 while n < 2): the
+    same float64 operations as :meth:`WindowStore.push`, elementwise."""
+    std = np.sqrt(m2 / np.maximum(n - 1, 1))
+    scaled = np.clip((v - mean) / np.maximum(std, 1e-8 * (1.0 + np.abs(mean))), -_CLIP, _CLIP)
+    return np.where(n < 2, 0.0, scaled)
+
+
+def _welford_step(v: np.ndarray, n: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> np.ndarray:
+    """One value per key (K, F), scaled; ``n`` (K,), ``mean`` and ``m2`` (K, F) updated in place."""
+    before = n[:, None]
+    scaled = _scale(v, before, mean, m2)
+    delta = v - mean
+    mean += delta / (before + 1)
+    m2 += delta * (v - mean)
+    n += 1
+    return scaled
+
+
+def _welford_tails(
+    starts: np.ndarray, lengths: np.ndarray, x: np.ndarray, n: np.ndarray, mean: np.ndarray, m2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Welford over rows ``starts[i]`` .. ``+ lengths[i]`` of ``x`` (all features) for key i,
+    one value at a time; ``n``, ``mean``, ``m2`` updated in place. Returns the rows and
+    columns of ``x`` covered and, for each, the count, mean and M2 before it: what one
+    vectorised :func:`_scale` needs."""
+    rows: list[int] = []
+    cols: list[int] = []
+    counts: list[int] = []
+    means: list[float] = []
+    m2s: list[float] = []
+    for i, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
+        count = int(n[i])
+        for f in range(x.shape[1]):
+            column = x[start : start + length, f].tolist()
+            key_means, key_m2s = _welford_run(column, count, float(mean[i, f]), float(m2[i, f]))
+            mean[i, f], m2[i, f] = key_means.pop(), key_m2s.pop()
+            means += key_means
+            m2s += key_m2s
+            rows += range(start, start + length)
+            cols += [f] * length
+            counts += range(count, count + length)
+        n[i] = count + length
+    stats = (np.array(counts), np.array(means), np.array(m2s))
+    return np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64), stats
+
+
+def _welford_run(xs: list[float], n: int, mean: float, m2: float) -> tuple[list[float], list[float]]:
+    """Welford's updates over one key's run of one feature, in Python floats (IEEE doubles:
+    the same results as numpy's float64, without its per-call cost). Returns the mean and
+    M2 before each value, then after the last."""
+    means, m2s = [mean], [m2]
+    for x in xs:
+        n += 1
+        delta = x - mean
+        mean += delta / n
+        m2 += delta * (x - mean)
+        means.append(mean)
+        m2s.append(m2)
+    return means, m2s

@@ -1,6 +1,6 @@
 """Events/s end to end through `anomalyd.app.replay`, next to river's HalfSpaceTrees and a rolling z-score.
 
-    .venv/bin/python bench/replay_throughput.py [--smoke] [--profile]
+    .venv/bin/python bench/replay_throughput.py [--smoke] [--profile] [--keys N ...]
 
 Each case is a generated CSV (``key,timestamp,value``, keys round-robin) replayed with the
 default model (window 64, LSTM, hidden 32, one feature) in ``shared`` scope, alerts to a
@@ -15,11 +15,13 @@ The baselines run in the same process on the same steady-state events, already p
 - a rolling z-score over the key's last 64 values, pure Python, per key.
 
 ``--profile`` instead runs the 1,000-key case once under cProfile (model, 1 thread) and
-prints the top costs.
+prints the top costs. ``--keys 1 1000`` runs only those cases (the 100,000-key case alone
+takes minutes, most of them its warm-up).
 """
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import math
 import pstats
@@ -60,13 +62,13 @@ HST_PRIME = 500  # the forest's first two windows (window_size 250) are learnt b
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], lambda p: p.add_argument("--profile", action="store_true"))
+    args = parse_args(__doc__.splitlines()[0], options)
     quiet_logs()
     if args.profile:
         profile(args.smoke)
         return
     header("replay throughput: anomalyd.app.replay vs river HST and a rolling z-score", args.smoke)
-    cases = SMOKE if args.smoke else FULL
+    cases = [case for case in (SMOKE if args.smoke else FULL) if not args.keys or case[0] in args.keys]
     batch_size, block, budget_s = (256, 2, 0.0) if args.smoke else (1024, 3, BUDGET_S)
     warm_up_torch()
     rates, summary = [], []
@@ -116,6 +118,17 @@ def main() -> None:
             "that is not the forward pass; replay s: the whole replay() call, its row-count pass included; "
             f"*: the steady state was cut short after {BUDGET_S:.0f} s (every mode timed long enough)."
         ],
+    )
+
+
+def options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", action="store_true", help="cProfile the 1,000-key case instead")
+    parser.add_argument(
+        "--keys",
+        type=int,
+        nargs="+",
+        choices=[keys for keys, _ in FULL + SMOKE],
+        help="run only the cases with these key counts (default: all)",
     )
 
 
@@ -239,6 +252,44 @@ def profile(smoke: bool) -> None:
         ["function", "calls", "own s", "share", "cumulative s"],
         rows,
     )
+    table(
+        "Inclusive costs of the hot path's parts",
+        ["part", "calls", "cumulative s", "share of Pipeline.process"],
+        inclusive_rows(stats),
+        [
+            "cumulative: the time inside the function and all it calls (summed over functions of that "
+            "name in that file); the rest of Pipeline.process is its own bookkeeping and the alert gate."
+        ],
+    )
+
+
+# (file, function) pairs whose inclusive time the profile reports, the replay loop's parts.
+PARTS = [
+    ("pipeline.py", "process", "Pipeline.process"),
+    ("detector.py", "score", "Detector.score (forward pass)"),
+    ("thresholds.py", "update", "Threshold.update (QuantileThreshold: np.quantile)"),
+    ("detector.py", "observe", "Detector.observe (buffer, drift)"),
+    ("pipeline.py", "_train", "Pipeline._train (warm-up training)"),
+    ("windows.py", "push", "WindowStore.push (one record)"),
+    ("windows.py", "push_many", "WindowStore.push_many (a batch)"),
+    ("pipeline.py", "_alert", "Pipeline._alert"),
+    ("file.py", "_csv_chunks", "FileSource._csv_chunks (outside process)"),
+    ("parsing.py", "parse_many", "RecordParser.parse_many (outside process)"),
+]
+
+
+def inclusive_rows(stats: pstats.Stats) -> list[list[Any]]:
+    found: dict[str, list[float]] = {label: [0, 0.0] for _, _, label in PARTS}
+    for (file, _, name), (_, calls, _, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
+        for part_file, part_name, label in PARTS:
+            if name == part_name and Path(file).name == part_file:
+                found[label][0] += calls
+                found[label][1] += cumulative
+    process = found[PARTS[0][2]][1]
+    return [
+        [label, int(calls), Num(seconds, "{:.2f}"), Num(100 * seconds / process, "{:.0f}%")]
+        for label, (calls, seconds) in found.items()
+    ]
 
 
 if __name__ == "__main__":
