@@ -276,7 +276,13 @@ class Runner:
             if slot is None or slot.model is None or slot.version != version:
                 continue
             report = slot.last_report
-            meta = {"reason": reason, **_report_fields(report), "config_hash": self.pipeline.config_hash}
+            meta = {
+                "reason": reason,
+                **_report_fields(report),
+                "config_hash": self.pipeline.config_hash,
+                # the data it learned from ends before this: the batch in which it went live
+                "data_until": result.events[-1].timestamp if result.events else None,
+            }
             path = save_model(self.state_dir, model_id, version, slot.model, meta)
             log.info("checkpoint_saved", model=model_id or "shared", version=version, path=str(path))
 

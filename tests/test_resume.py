@@ -117,8 +117,12 @@ def test_rollback_puts_an_old_version_live_as_a_new_one(tmp_path):
     cli = [sys.executable, "-m", "anomalyd.cli"]
     run = [*cli, "replay", str(data), "-c", str(config), "--alerts", str(alerts), "--state-dir", str(state)]
     subprocess.run(run, cwd=ROOT, check=True, capture_output=True, timeout=120)
-    versions = [m["version"] for m in list_models(state)]
-    assert versions == [1, 2, 3]
+    models = list_models(state)
+    assert [m["version"] for m in models] == [1, 2, 3]
+    # metadata: what it learned from, up to when, how well, for which config
+    assert all(m["windows"] > 0 and m["config_hash"] and m["validation_loss"] >= 0 for m in models)
+    until = [int(m["data_until"]) for m in models]
+    assert until == sorted(until) and 1_600_000_000 < until[0] < 1_600_000_000 + 60 * 2000
 
     bad = subprocess.run([*cli, "model", "rollback", str(state), "9"], cwd=ROOT, capture_output=True)
     assert bad.returncode == 1 and b"v0009.pt does not exist" in bad.stderr
