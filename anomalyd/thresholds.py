@@ -42,6 +42,17 @@ class Threshold(Protocol):
     def set_state(self, state: dict[str, Any]) -> None: ...
 
 
+def _ewm_step(mean: float, var: float, x: float, alpha: float, n: int) -> tuple[float, float]:
+    """Exponentially weighted mean and variance after the ``n``-th value ``x``.
+
+    Early on (``n < 1/alpha``) a plain running mean, so the first values are not swamped by
+    the zero start.
+    """
+    alpha = max(alpha, 1.0 / n)
+    delta = x - mean
+    return mean + alpha * delta, (1.0 - alpha) * (var + alpha * delta * delta)
+
+
 class QuantileThreshold:
     """A high quantile of the most recent ``window`` scores, times ``margin``.
 
@@ -134,11 +145,7 @@ class EwmaThreshold:
         if self._n >= self.min_samples:
             score = min(score, self.value)
         self._n += 1
-        # Early on a plain running mean, so the first scores are not swamped by the zero start.
-        alpha = max(self.alpha, 1.0 / self._n)
-        delta = score - self._mean
-        self._mean += alpha * delta
-        self._var = (1.0 - alpha) * (self._var + alpha * delta * delta)
+        self._mean, self._var = _ewm_step(self._mean, self._var, score, self.alpha, self._n)
 
     def rescale(self, factor: float) -> None:
         self._mean *= factor
@@ -362,12 +369,8 @@ class LikelihoodThreshold:
         self._recent = window[1:] if window.size == self.short else window
         if anomalous:
             return
-        mean = float(window.mean())
         self._n += 1
-        alpha = max(self.alpha, 1.0 / self._n)  # a plain average until 1/alpha means were seen
-        delta = mean - self._mean
-        self._mean += alpha * delta
-        self._var = (1.0 - alpha) * (self._var + alpha * delta * delta)
+        self._mean, self._var = _ewm_step(self._mean, self._var, float(window.mean()), self.alpha, self._n)
 
     def rescale(self, factor: float) -> None:
         self._recent = self._recent * factor
