@@ -94,6 +94,13 @@ def open_outputs(
     return alert_sinks, dead, observers
 
 
+def find_snapshot(state_dir: Path | None, pipeline: Pipeline, source: Source) -> Found | None:
+    """The newest usable snapshot for this config and input in ``state_dir`` (None: none)."""
+    if state_dir is None:
+        return None
+    return SnapshotStore(state_dir).latest(pipeline.state_hash, source.identity())
+
+
 def build_sink(config: SinkConfig, connection: KafkaConfig) -> Sink:
     if config.type == "stdout":
         return StdoutSink()
@@ -157,12 +164,6 @@ class Runner:
         self._snapshot_at = time.monotonic()
         self._unsaved = False  # batches processed since the last snapshot
 
-    def find_snapshot(self) -> Found | None:
-        """The newest usable snapshot for this config and input in the state directory."""
-        if self.snapshots is None:
-            return None
-        return self.snapshots.latest(self.pipeline.state_hash, self.source.identity())
-
     def resume(self, found: Found | None) -> None:
         """Take over a snapshot's state and seek the source to its positions."""
         if found is None:
@@ -200,7 +201,7 @@ class Runner:
             previous = slot.version
             version = self.pipeline.install(model_id, model.to(self.pipeline.detector.device))
             self._unsaved = True
-            fields = {k: meta.get(k) for k in ("windows", "epochs", "train_loss", "validation_loss")}
+            fields = {k: meta.get(k) for k in _REPORT_FIELDS}
             save_model(
                 self.state_dir,
                 model_id,
@@ -336,10 +337,13 @@ class Runner:
         return stats
 
 
+_REPORT_FIELDS = ("windows", "epochs", "train_loss", "validation_loss")
+
+
 def _report_fields(report: object) -> dict[str, object]:
     if report is None:
         return {}
-    return {k: getattr(report, k) for k in ("windows", "epochs", "train_loss", "validation_loss")}
+    return {k: getattr(report, k) for k in _REPORT_FIELDS}
 
 
 @dataclass
@@ -374,16 +378,7 @@ def replay(
         stack.callback(source.close)
         pipeline = Pipeline(config, source.expected_lengths())
         stack.callback(pipeline.close)
-        runner = Runner(
-            source,
-            pipeline,
-            [],
-            DeadLetterSink(None),
-            state_dir=state_dir,
-            snapshot_interval_s=config.service.snapshot_interval_s,
-            snapshot_keep=config.service.snapshot_keep,
-        )
-        found = runner.find_snapshot()
+        found = find_snapshot(state_dir, pipeline, source)
         # Resuming: the outputs of the run so far are kept and added to.
         alert_sinks, dead, all_observers = open_outputs(
             config, stack, outputs.alerts, outputs.dead_letter, outputs.scores, append=found is not None
@@ -396,7 +391,16 @@ def replay(
         log.info("replay_started", files=len(source.paths), rows=total_rows)
         if on_start is not None:
             on_start(total_rows)
-        runner.alert_sinks, runner.dead_letters, runner.observers = alert_sinks, dead, all_observers
+        runner = Runner(
+            source,
+            pipeline,
+            alert_sinks,
+            dead,
+            all_observers,
+            state_dir=state_dir,
+            snapshot_interval_s=config.service.snapshot_interval_s,
+            snapshot_keep=config.service.snapshot_keep,
+        )
         runner.resume(found)
         stats = runner.run()
         if collector is not None and outputs.plot is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from anomalyd import __version__
-from anomalyd.app import Runner, RunStats, open_outputs
+from anomalyd.app import Runner, RunStats, find_snapshot, open_outputs
 from anomalyd.config import Config
 from anomalyd.errors import ConfigError
 from anomalyd.logs import get_logger
@@ -130,7 +130,7 @@ def serve(config: Config, stop: StopFlag | None = None) -> RunStats:
             snapshot_interval_s=config.service.snapshot_interval_s,
             snapshot_keep=config.service.snapshot_keep,
         )
-        runner.resume(runner.find_snapshot())
+        runner.resume(find_snapshot(runner.state_dir, pipeline, source))
 
         def ready() -> bool:
             consuming = source.ready if isinstance(source, KafkaSource) else not stop()
