@@ -38,7 +38,6 @@ class RetrainJob:
     future: Future[Candidate]
     swap_at: int  # the slot's `scored` count after which the candidate is judged and swapped in
     reason: str
-    windows: int
     data: np.ndarray  # what the candidate trains on (kept so a snapshot can restart the job)
     seed: int
 
@@ -239,7 +238,7 @@ class Detector:
         future = self._executor.submit(
             challenge, self.args, windows, self.training, seed, self.device, slot.model, self._cancel
         )
-        slot.job = RetrainJob(future, swap_at, reason, len(windows), windows, seed)
+        slot.job = RetrainJob(future, swap_at, reason, windows, seed)
 
     def _reset_schedule(self, slot: ModelSlot) -> None:
         slot.since_training = 0
@@ -270,7 +269,7 @@ class Detector:
             slot.version,
             promoted,
             job.reason,
-            job.windows,
+            len(job.data),
             loss,
             candidate.champion_loss,
             candidate.scale,

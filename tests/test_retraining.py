@@ -119,7 +119,7 @@ def job_with(validation_loss: float, champion_loss: float, model) -> RetrainJob:
     future: Future = Future()
     report = FitReport(100, 1, validation_loss, validation_loss)
     future.set_result(Candidate(model, report, champion_loss, 2.0))
-    return RetrainJob(future, swap_at=0, reason="events", windows=100, data=np.zeros((1, 1, 1)), seed=0)
+    return RetrainJob(future, swap_at=0, reason="events", data=np.zeros((100, 1, 1)), seed=0)
 
 
 @pytest.mark.parametrize(
