@@ -2,9 +2,9 @@
 ``weights_only=True`` and reject anything corrupt, truncated or mismatched by name.
 
 >>> import tempfile, torch
->>> from anomalyd.model import Autoencoder, AutoencoderArgs
+>>> from anomalyd.model import ModelArgs, build_model
 >>> folder = Path(tempfile.mkdtemp())
->>> model = Autoencoder(AutoencoderArgs(n_features=1, window_length=8, hidden_size=4))
+>>> model = build_model(ModelArgs(n_features=1, window_length=8, hidden_size=4))
 >>> path = save_model(folder, "sensor-1", 3, model, {"validation_loss": 0.1})
 >>> path.name
 'v0003.pt'
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from anomalyd.errors import ModelError
-from anomalyd.model import Autoencoder, AutoencoderArgs
+from anomalyd.model import ModelArgs, WindowModel, build_model
 
 FORMAT = 1
 
@@ -60,7 +60,7 @@ def model_dir(state_dir: Path, model_id: str) -> Path:
 
 
 def save_model(
-    state_dir: Path, model_id: str, version: int, model: Autoencoder, meta: dict[str, Any]
+    state_dir: Path, model_id: str, version: int, model: WindowModel, meta: dict[str, Any]
 ) -> Path:
     """Write ``v{version}.pt`` with the weights, the args to rebuild the model, and metadata."""
     payload = {
@@ -78,7 +78,7 @@ def save_model(
     return path
 
 
-def load_model(path: Path, expected: AutoencoderArgs | None = None) -> tuple[Autoencoder, dict[str, Any]]:
+def load_model(path: Path, expected: ModelArgs | None = None) -> tuple[WindowModel, dict[str, Any]]:
     """Rebuild a model from a checkpoint; ModelError naming the file when it cannot be trusted."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -89,12 +89,12 @@ def load_model(path: Path, expected: AutoencoderArgs | None = None) -> tuple[Aut
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"checkpoint {path} has an unknown format")
     try:
-        args = AutoencoderArgs(**payload["args"])
+        args = ModelArgs(**payload["args"])
     except TypeError as exc:
         raise ModelError(f"checkpoint {path} has bad model args: {exc}") from None
     if expected is not None and args != expected:
         raise ModelError(f"checkpoint {path} was made for {args}, the config asks for {expected}")
-    model = Autoencoder(args)
+    model = build_model(args)
     try:
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, KeyError) as exc:

@@ -329,7 +329,7 @@ class Config(_Section):
 
     input: InputConfig = InputConfig()
     window: WindowConfig = WindowConfig()
-    detector: Literal["autoencoder", "hst"] = "autoencoder"
+    detector: Literal["autoencoder", "forecaster", "hst"] = "autoencoder"
     model: ModelConfig = ModelConfig()
     hst: HstConfig = HstConfig()
     training: TrainingConfig = TrainingConfig()

@@ -27,7 +27,7 @@ import torch
 from river.drift import ADWIN
 
 from anomalyd.config import ModelConfig, RetrainingConfig, TrainingConfig
-from anomalyd.model import Autoencoder, AutoencoderArgs, reconstruction_errors, resolve_device
+from anomalyd.model import Kind, ModelArgs, WindowModel, build_model, resolve_device, window_errors
 from anomalyd.training import Candidate, FitReport, challenge, fit
 
 SHARED = ""
@@ -93,7 +93,7 @@ class ModelSlot:
     """One model, what it learns from (the newest normal windows, tagged with their key) and
     its retraining state."""
 
-    model: Autoencoder | None = None
+    model: WindowModel | None = None
     version: int = 0
     buffer: deque[tuple[int, np.ndarray]] = field(default_factory=deque)
     last_report: FitReport | None = None
@@ -106,7 +106,8 @@ class ModelSlot:
 
 
 class Detector:
-    """Batched scoring (one forward pass per model per batch) and training of the autoencoders."""
+    """Batched scoring (one forward pass per model per batch) and training of the window models
+    (``kind``: autoencoders or forecasters)."""
 
     def __init__(
         self,
@@ -116,18 +117,20 @@ class Detector:
         window_length: int,
         retraining: RetrainingConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        kind: Kind = "autoencoder",
     ):
         self.config = model
         self.training = training
         self.retraining = retraining or RetrainingConfig(enabled=False)
         self.clock = clock
-        self.args = AutoencoderArgs(
+        self.args = ModelArgs(
             n_features=n_features,
             window_length=window_length,
             hidden_size=model.hidden_size,
             num_layers=model.num_layers,
             cell=model.cell,
             dropout=model.dropout,
+            kind=kind,
         )
         self.device = resolve_device(model.device)
         if model.threads is not None:
@@ -176,7 +179,7 @@ class Detector:
         per_feature = np.empty((len(windows), self.args.n_features), dtype=np.float32)
         size = self.config.score_batch_size
         for start in range(0, len(windows), size):
-            s, f = reconstruction_errors(model, data[start : start + size].to(self.device))
+            s, f = window_errors(model, data[start : start + size].to(self.device))
             scores[start : start + size], per_feature[start : start + size] = s.cpu().numpy(), f.cpu().numpy()
         return scores, per_feature
 
@@ -311,7 +314,7 @@ class Detector:
         for model_id, saved in state.items():
             slot = self.slot(model_id)
             if saved["weights"] is not None:
-                slot.model = Autoencoder(self.args).to(self.device)
+                slot.model = build_model(self.args).to(self.device)
                 slot.model.load_state_dict({k: torch.as_tensor(v) for k, v in saved["weights"].items()})
                 slot.model.eval()
             slot.version = int(saved["version"])

@@ -1,20 +1,30 @@
-"""The recurrent autoencoder, as plain torch.
+"""The recurrent window models, as plain torch: an autoencoder and a forecaster.
 
-The encoder reads a window (B, T, F) and keeps its last hidden state as the code; the
-decoder unrolls that code back over T steps and a linear head maps each step to F
-features. The squared reconstruction error per feature, averaged over the window, is the
-anomaly evidence: the mean over features is the score, the per-feature errors say which
-feature was unusual (Malhotra et al., "LSTM-based Encoder-Decoder for Multi-sensor
-Anomaly Detection", 2016).
+Both read a window (B, T, F) of normalised values and say how unusual it is as a squared
+error per feature (B, F); the mean over features is the score, the per-feature errors say
+which feature was unusual.
 
->>> args = AutoencoderArgs(n_features=2, window_length=16, hidden_size=8)
->>> model = Autoencoder(args)
+- :class:`Autoencoder` (``detector: autoencoder``): the encoder keeps its last hidden state
+  as the code; the decoder unrolls that code back over T steps and a linear head maps each
+  step to F features. The error is the reconstruction's, averaged over the window (Malhotra
+  et al., "LSTM-based Encoder-Decoder for Multi-sensor Anomaly Detection", 2016).
+- :class:`Forecaster` (``detector: forecaster``): one recurrent pass predicts each value from
+  those before it; the error is the newest value's prediction error (Hundman et al.,
+  "Detecting Spacecraft Anomalies Using LSTMs and Nonparametric Dynamic Thresholding", KDD
+  2018). Half the work of the autoencoder per window, and a surprise counts in full the
+  moment it arrives instead of being averaged into the window.
+
+>>> args = ModelArgs(n_features=2, window_length=16, hidden_size=8)
+>>> model = build_model(args)
 >>> x = torch.zeros(4, 16, 2)
 >>> tuple(model(x).shape)
 (4, 16, 2)
->>> scores, per_feature = reconstruction_errors(model, x)
+>>> scores, per_feature = window_errors(model, x)
 >>> tuple(scores.shape), tuple(per_feature.shape)
 ((4,), (4, 2))
+>>> forecaster = build_model(ModelArgs(n_features=2, window_length=16, kind="forecaster"))
+>>> tuple(forecaster(x).shape), tuple(window_errors(forecaster, x)[1].shape)
+((4, 15, 2), (4, 2))
 """
 
 from __future__ import annotations
@@ -26,11 +36,12 @@ import torch
 from torch import nn
 
 Cell = Literal["lstm", "gru", "rnn"]
+Kind = Literal["autoencoder", "forecaster"]
 _CELLS: dict[str, Any] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # plain RNN: tanh
 
 
 @dataclass(frozen=True)
-class AutoencoderArgs:
+class ModelArgs:
     """Everything needed to rebuild the network; stored in every checkpoint."""
 
     n_features: int
@@ -39,29 +50,32 @@ class AutoencoderArgs:
     num_layers: int = 1
     cell: Cell = "lstm"
     dropout: float = 0.0
+    kind: Kind = "autoencoder"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-class Autoencoder(nn.Module):
-    def __init__(self, args: AutoencoderArgs, generator: torch.Generator | None = None):
-        super().__init__()
-        self.args = args
-        rnn = _CELLS[args.cell]
+class WindowModel(nn.Module):
+    """What the detector and the trainer need of a model: a training loss and, per window,
+    the squared error of each feature."""
+
+    args: ModelArgs
+
+    def _rnn(self, n_inputs: int) -> nn.Module:
+        args = self.args
         dropout = args.dropout if args.num_layers > 1 else 0.0
-        H, L = args.hidden_size, args.num_layers
-        self.encoder = rnn(args.n_features, H, L, batch_first=True, dropout=dropout)
-        self.decoder = rnn(H, H, L, batch_first=True, dropout=dropout)
-        self.head = nn.Linear(args.hidden_size, args.n_features)
-        self._init_weights(generator)
+        rnn: nn.Module = _CELLS[args.cell](
+            n_inputs, args.hidden_size, args.num_layers, batch_first=True, dropout=dropout
+        )
+        return rnn
 
     def _init_weights(self, generator: torch.Generator | None) -> None:
         """Every parameter is set here, from ``generator`` when given: no global RNG state,
         so trainings in several threads stay reproducible."""
         # Orthogonal recurrent weights keep the gradient's norm through time (Saxe et al., 2014);
         # a forget-gate bias of 1 lets LSTMs remember by default (Jozefowicz et al., 2015).
-        for rnn in (self.encoder, self.decoder):
+        for rnn in (m for m in self.children() if isinstance(m, nn.RNNBase)):
             for name, param in rnn.named_parameters():
                 if "weight_hh" in name:
                     for chunk in param.data.chunk(param.shape[0] // param.shape[1]):
@@ -73,8 +87,28 @@ class Autoencoder(nn.Module):
                     if self.args.cell == "lstm":
                         hidden = self.args.hidden_size
                         param.data[hidden : 2 * hidden] = 0.5  # two biases add up to 1
-        nn.init.xavier_uniform_(self.head.weight, generator=generator)
-        nn.init.zeros_(self.head.bias)
+        head = self.head
+        assert isinstance(head, nn.Linear)
+        nn.init.xavier_uniform_(head.weight, generator=generator)
+        nn.init.zeros_(head.bias)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The training loss of windows ``x`` (B, T, F), a scalar with grad."""
+        raise NotImplementedError
+
+    def errors(self, x: torch.Tensor) -> torch.Tensor:
+        """Squared error per window and feature (B, F)."""
+        raise NotImplementedError
+
+
+class Autoencoder(WindowModel):
+    def __init__(self, args: ModelArgs, generator: torch.Generator | None = None):
+        super().__init__()
+        self.args = args
+        self.encoder = self._rnn(args.n_features)
+        self.decoder = self._rnn(args.hidden_size)
+        self.head = nn.Linear(args.hidden_size, args.n_features)
+        self._init_weights(generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, T, F)
@@ -87,11 +121,52 @@ class Autoencoder(nn.Module):
         decoded, _ = self.decoder(steps, state)  # (B, T, H), newest step first
         return self.head(decoded).flip(1)  # (B, T, F), oldest step first
 
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(self(x), x)
 
-def reconstruction_errors(model: Autoencoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def errors(self, x: torch.Tensor) -> torch.Tensor:
+        return (self(x) - x).pow(2).mean(dim=1)
+
+
+class Forecaster(WindowModel):
+    """Predicts each value of a window from the values before it (teacher forcing).
+
+    The first quarter of a window's predictions come from a state that has seen too little
+    to predict from; the training loss leaves them out, and the score (the newest value's
+    error) comes from a state that has read the whole rest of the window.
+    """
+
+    def __init__(self, args: ModelArgs, generator: torch.Generator | None = None):
+        super().__init__()
+        self.args = args
+        self.rnn = self._rnn(args.n_features)
+        self.head = nn.Linear(args.hidden_size, args.n_features)
+        self.burn_in = (args.window_length - 1) // 4
+        self._init_weights(generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) -> (B, T - 1, F): position t predicts x[:, t + 1]."""
+        out, _ = self.rnn(x[:, :-1])
+        return self.head(out)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        burn = self.burn_in
+        return nn.functional.mse_loss(self(x)[:, burn:], x[:, burn + 1 :])
+
+    def errors(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x[:, :-1])
+        return (self.head(out[:, -1]) - x[:, -1]).pow(2)
+
+
+def build_model(args: ModelArgs, generator: torch.Generator | None = None) -> WindowModel:
+    """The model ``args.kind`` names, its weights drawn from ``generator``."""
+    return Forecaster(args, generator) if args.kind == "forecaster" else Autoencoder(args, generator)
+
+
+def window_errors(model: WindowModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores (B,) and per-feature errors (B, F) for windows ``x`` (B, T, F), without grad."""
     with torch.inference_mode():
-        per_feature = (model(x) - x).pow(2).mean(dim=1)  # (B, F)
+        per_feature = model.errors(x)  # (B, F)
     return per_feature.mean(dim=1), per_feature
 
 

@@ -31,7 +31,7 @@ from anomalyd.config import Config
 from anomalyd.detector import Detector, RetrainOutcome
 from anomalyd.events import Alert, DeadLetter, Event, alert_id
 from anomalyd.features import FeatureTransform
-from anomalyd.model import Autoencoder
+from anomalyd.model import WindowModel
 from anomalyd.sources.base import Batch
 from anomalyd.thresholds import Threshold, make_threshold
 from anomalyd.windows import WindowStore
@@ -347,7 +347,7 @@ class Pipeline:
             self._recalibrate(model_id, outcome.scale)
         return outcome
 
-    def install(self, model_id: str, model: Autoencoder) -> int:
+    def install(self, model_id: str, model: WindowModel) -> int:
         """Make ``model`` live for ``model_id`` as a new version (a rollback); returns the version.
 
         Thresholds move to its score scale as on a promotion, the scale measured on the
@@ -413,13 +413,14 @@ class Pipeline:
 
 
 def make_detector(config: Config, n_features: int) -> Detector:
-    """The scorer ``config.detector`` names: the autoencoder, or the HalfSpaceTrees baseline."""
+    """The scorer ``config.detector`` names: the autoencoder, the forecaster, or the
+    HalfSpaceTrees baseline."""
     args = (config.model, config.training, n_features, config.window.length, config.retraining)
     if config.detector == "hst":
         from anomalyd.baseline import HstDetector
 
         return HstDetector(config.hst, *args)
-    return Detector(*args)
+    return Detector(*args, kind=config.detector)
 
 
 def _hash(config: Config, sections: tuple[str, ...]) -> str:

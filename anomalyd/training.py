@@ -1,4 +1,4 @@
-"""Fit an autoencoder on windows of normal data; pure, so it can later run off the hot path."""
+"""Fit a window model on windows of normal data; pure, so it can later run off the hot path."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from anomalyd.config import TrainingConfig
-from anomalyd.model import Autoencoder, AutoencoderArgs
+from anomalyd.model import ModelArgs, WindowModel, build_model, window_errors
 
 
 class CancelledError(Exception):
@@ -32,13 +32,13 @@ def validation_size(n_windows: int) -> int:
 
 
 def fit(
-    args: AutoencoderArgs,
+    args: ModelArgs,
     windows: np.ndarray,
     config: TrainingConfig,
     seed: int,
     device: torch.device,
     cancel: threading.Event | None = None,
-) -> tuple[Autoencoder, FitReport]:
+) -> tuple[WindowModel, FitReport]:
     """Train a fresh model on ``windows`` (N, T, F), the newest tenth held back for validation.
 
     Adam with gradient-norm clipping (Pascanu et al., 2013) guards against exploding
@@ -47,14 +47,13 @@ def fit(
     if windows.ndim != 3 or len(windows) == 0:
         raise ValueError(f"need windows shaped (N, T, F) with N > 0, got {windows.shape}")
     generator = torch.Generator().manual_seed(seed)
-    model = Autoencoder(args, generator).to(device)
+    model = build_model(args, generator).to(device)
     data = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(device)
     n_val = validation_size(len(data))
     train, val = data[: len(data) - n_val], data[len(data) - n_val :]
     optimiser = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    loss_fn = nn.MSELoss()
     train_loss = math.nan
     model.train()
     for _ in range(config.epochs):
@@ -65,7 +64,7 @@ def fit(
                 raise CancelledError
             batch = train[order[start : start + config.batch_size]]
             optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(model(batch), batch)
+            loss = model.loss(batch)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimiser.step()
@@ -75,7 +74,7 @@ def fit(
     validation_loss = math.nan
     if n_val:
         with torch.inference_mode():
-            validation_loss = float(loss_fn(model(val), val))
+            validation_loss = float(model.loss(val))
     report = FitReport(len(data), config.epochs, train_loss, validation_loss)
     return model, report
 
@@ -84,19 +83,19 @@ def fit(
 class Candidate:
     """A retrained model and how it compares with the live one on the same held-back windows."""
 
-    model: Autoencoder
+    model: WindowModel
     report: FitReport
     champion_loss: float
     scale: float  # candidate's mean score / champion's, on the held-back windows
 
 
 def challenge(
-    args: AutoencoderArgs,
+    args: ModelArgs,
     windows: np.ndarray,
     config: TrainingConfig,
     seed: int,
     device: torch.device,
-    champion: Autoencoder,
+    champion: WindowModel,
     cancel: threading.Event | None = None,
 ) -> Candidate:
     """Train a candidate on ``windows`` and score the champion on the candidate's held-back tenth."""
@@ -106,8 +105,8 @@ def challenge(
         return Candidate(model, report, math.nan, 1.0)
     val = torch.from_numpy(np.ascontiguousarray(windows[-n_val:], dtype=np.float32)).to(device)
     with torch.inference_mode():
-        champion_errors = (champion(val) - val).pow(2).mean(dim=(1, 2))
-        candidate_errors = (model(val) - val).pow(2).mean(dim=(1, 2))
-    champion_mean = float(champion_errors.mean())
-    scale = float(candidate_errors.mean()) / champion_mean if champion_mean > 0 else 1.0
-    return Candidate(model, report, champion_mean, scale)
+        champion_loss = float(champion.loss(val))
+    champion_mean = float(window_errors(champion, val)[0].mean())
+    candidate_mean = float(window_errors(model, val)[0].mean())
+    scale = candidate_mean / champion_mean if champion_mean > 0 else 1.0
+    return Candidate(model, report, champion_loss, scale)

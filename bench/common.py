@@ -66,12 +66,12 @@ def warm_up_torch() -> None:
     import torch
 
     from anomalyd.config import TrainingConfig
-    from anomalyd.model import AutoencoderArgs
+    from anomalyd.model import ModelArgs
     from anomalyd.training import fit
 
     windows = np.zeros((2, WINDOW, 1), dtype=np.float32)
     fit(
-        AutoencoderArgs(n_features=1, window_length=WINDOW),
+        ModelArgs(n_features=1, window_length=WINDOW),
         windows,
         TrainingConfig(epochs=1),
         0,
@@ -201,8 +201,16 @@ NO_MODEL = "anomalyd, no model"
 MODE_THREADS = {MODEL_1: 1, MODEL_2: 2, NO_MODEL: 1}
 
 
-def replay_config(batch_size: int = 1024, **sections: dict[str, Any]) -> Any:
-    """The default config (window 64, hidden 32, one feature), shared scope, a short warm-up.
+def detector_option(parser: argparse.ArgumentParser) -> None:
+    """``--detector``: time the autoencoder (the default) or the forecaster."""
+    parser.add_argument(
+        "--detector", choices=["autoencoder", "forecaster"], default="autoencoder", help="the model timed"
+    )
+
+
+def replay_config(batch_size: int = 1024, detector: str = "autoencoder", **sections: dict[str, Any]) -> Any:
+    """The default config (window 64, hidden 32, one feature), shared scope, a short warm-up;
+    ``detector`` the model that scores.
 
     Warm-up is one window (``training.warmup_events`` = the window length) and training takes
     ``EPOCHS`` epochs, so training is a small part of a run, timed apart. Online retraining,
@@ -217,6 +225,7 @@ def replay_config(batch_size: int = 1024, **sections: dict[str, Any]) -> Any:
         "training": {"warmup_events": WINDOW, "epochs": EPOCHS},
         "output": {"alerts": []},
         "logging": {"level": "warning"},
+        "detector": detector,
     }
     if "retraining" in Config.model_fields:
         data["retraining"] = {"enabled": False}

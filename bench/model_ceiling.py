@@ -1,10 +1,11 @@
-"""The autoencoder's forward pass alone, and how much of it the full pipeline keeps.
+"""The model's forward pass alone, and how much of it the full pipeline keeps.
 
-    .venv/bin/python bench/model_ceiling.py [--smoke]
+    .venv/bin/python bench/model_ceiling.py [--detector autoencoder|forecaster] [--smoke]
 
-``anomalyd.model.reconstruction_errors`` on random windows (64 x 1, default model: LSTM,
-hidden 32) at several batch sizes, on 1 and 2 torch threads: windows/s, the median of
-rounds that alternate thread counts (half before, half after the replay below). Then a
+``anomalyd.model.window_errors`` on random windows (64 x 1, default model: LSTM,
+hidden 32; the autoencoder unless ``--detector forecaster``) at several batch sizes, on 1
+and 2 torch threads: windows/s, the median of rounds that alternate thread counts (half
+before, half after the replay below). Then a
 short replay of one key in the same process (``bench/common.py``'s harness, 1 and 2 threads
 taking turns): every steady-state event scores one window, so its events/s over the ceiling
 at ``model.score_batch_size`` (512) is the fraction of the ceiling the pipeline keeps.
@@ -30,6 +31,7 @@ from common import (
     MODEL_2,
     WINDOW,
     Num,
+    detector_option,
     header,
     parse_args,
     quiet_logs,
@@ -49,17 +51,17 @@ SCORE_BATCH = 512  # model.score_batch_size: the largest forward pass the pipeli
 
 
 def measure(batch: int, threads: int, seconds: float) -> float:
-    """Windows/s of reconstruction_errors at ``batch`` on ``threads`` threads, over about ``seconds``."""
+    """Windows/s of window_errors at ``batch`` on ``threads`` threads, over about ``seconds``."""
     import torch
 
-    from anomalyd.model import reconstruction_errors
+    from anomalyd.model import window_errors
 
     torch.set_num_threads(threads)
     x = torch.randn(batch, WINDOW, 1, generator=torch.Generator().manual_seed(batch))
-    reconstruction_errors(MODEL[0], x)  # first call at this size: allocations, thread start
+    window_errors(MODEL[0], x)  # first call at this size: allocations, thread start
     calls, started = 0, time.perf_counter()
     while True:
-        reconstruction_errors(MODEL[0], x)
+        window_errors(MODEL[0], x)
         calls += 1
         elapsed = time.perf_counter() - started
         if elapsed >= seconds and calls >= 2:
@@ -80,18 +82,19 @@ def grid(
 MODEL: list = []
 
 
-def build_model() -> None:
+def build_model(kind: str) -> None:
     import torch
 
-    from anomalyd.model import Autoencoder, AutoencoderArgs
+    from anomalyd.model import ModelArgs, build_model
 
-    torch.manual_seed(0)
-    MODEL.append(Autoencoder(AutoencoderArgs(n_features=1, window_length=WINDOW, hidden_size=32)).eval())
+    args = ModelArgs(n_features=1, window_length=WINDOW, hidden_size=32, kind=kind)  # type: ignore[arg-type]
+    MODEL.append(build_model(args, torch.Generator().manual_seed(0)).eval())
 
 
 def passive_grid(smoke: bool) -> dict[int, float]:
     """The 2-thread grid in a child process with OMP_WAIT_POLICY=PASSIVE: median windows/s per batch."""
-    cmd = [sys.executable, __file__, "--child-passive"] + (["--smoke"] if smoke else [])
+    cmd = [sys.executable, __file__, "--child-passive", "--detector", MODEL[0].args.kind]
+    cmd += ["--smoke"] if smoke else []
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=600).stdout
     return {int(b): rate for b, rate in json.loads(out.strip().splitlines()[-1]).items()}
@@ -99,17 +102,18 @@ def passive_grid(smoke: bool) -> dict[int, float]:
 
 def main() -> None:
     args = parse_args(
-        __doc__.splitlines()[0], lambda p: p.add_argument("--child-passive", action="store_true")
+        __doc__.splitlines()[0],
+        lambda p: (p.add_argument("--child-passive", action="store_true"), detector_option(p)),
     )
     rounds, seconds, steady = (2, 0.01, 128) if args.smoke else (6, 0.3, 40_000)
     batches = SMOKE_BATCHES if args.smoke else BATCHES
-    build_model()
+    build_model(args.detector)
     if args.child_passive:
         results = grid(rounds, seconds, [2], batches)
         print(json.dumps({b: statistics.median(results[(b, 2)]) for b in batches}))
         return
     quiet_logs()
-    header("model ceiling: the forward pass alone vs the pipeline", args.smoke)
+    header(f"model ceiling ({args.detector}): the forward pass alone vs the pipeline", args.smoke)
     warm_up_torch()
     results = grid(rounds // 2, seconds, THREADS, batches)
     batch_size, block, budget_s = (32, 2, 0.0) if args.smoke else (1024, 3, 30.0)
@@ -117,7 +121,8 @@ def main() -> None:
         path = Path(tmp) / "stream.csv"
         write_stream_csv(path, stream_values(1, WINDOW + steady))
         modes = (MODEL_1, MODEL_2)
-        run = replay_steady(path, replay_config(batch_size), modes, block, Path(tmp), budget_s, 5)
+        config = replay_config(batch_size, args.detector)
+        run = replay_steady(path, config, modes, block, Path(tmp), budget_s, 5)
     for key, rates in grid(rounds - rounds // 2, seconds, THREADS, batches).items():
         results[key] += rates
     ceiling = {key: statistics.median(rates) for key, rates in results.items()}

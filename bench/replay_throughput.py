@@ -38,6 +38,7 @@ from common import (
     WINDOW,
     Num,
     ReplayRun,
+    detector_option,
     header,
     key_names,
     parse_args,
@@ -67,7 +68,10 @@ def main() -> None:
     if args.profile:
         profile(args.smoke)
         return
-    header("replay throughput: anomalyd.app.replay vs river HST and a rolling z-score", args.smoke)
+    header(
+        f"replay throughput ({args.detector}): anomalyd.app.replay vs river HST and a rolling z-score",
+        args.smoke,
+    )
     cases = [case for case in (SMOKE if args.smoke else FULL) if not args.keys or case[0] in args.keys]
     batch_size, block, budget_s = (256, 2, 0.0) if args.smoke else (1024, 3, BUDGET_S)
     warm_up_torch()
@@ -78,7 +82,8 @@ def main() -> None:
             path = Path(tmp) / f"stream-{keys}.csv"
             write_stream_csv(path, values)
             modes = (MODEL_1, MODEL_2, NO_MODEL)
-            run = replay_steady(path, replay_config(batch_size), modes, block, Path(tmp), budget_s, 10)
+            config = replay_config(batch_size, args.detector)
+            run = replay_steady(path, config, modes, block, Path(tmp), budget_s, 10)
             path.unlink()
             baselines = {
                 HST: hst_rate(values, BASELINE_EVENTS[args.smoke]),
@@ -122,6 +127,7 @@ def main() -> None:
 
 
 def options(parser: argparse.ArgumentParser) -> None:
+    detector_option(parser)
     parser.add_argument("--profile", action="store_true", help="cProfile the 1,000-key case instead")
     parser.add_argument(
         "--keys",

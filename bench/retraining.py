@@ -6,7 +6,7 @@
   LSTM, hidden 32, Adam, batch 64, a tenth held back for validation), one epoch, on 1 torch
   thread (and on 2 for 10,000): seconds and windows/s. Each fit runs in a child process of
   its own, stopped after 120 s (2 threads on a busy 2-core machine can crawl).
-- Scoring latency of one batch of 512 windows (``reconstruction_errors``, from numpy and
+- Scoring latency of one batch of 512 windows (``window_errors``, from numpy and
   back, as ``Detector.score`` does), p50/p99 over many batches: idle, then while a training
   loops in a background thread, then idle again. Scoring and training each get one torch
   thread (``torch.set_num_threads(1)`` in both threads): 1+1 threads on the 2 cores.
@@ -42,10 +42,10 @@ def setup() -> tuple[Any, Any, Any]:
     import torch
 
     from anomalyd.config import TrainingConfig
-    from anomalyd.model import AutoencoderArgs
+    from anomalyd.model import ModelArgs
 
     return (
-        AutoencoderArgs(n_features=1, window_length=WINDOW, hidden_size=32),
+        ModelArgs(n_features=1, window_length=WINDOW, hidden_size=32),
         TrainingConfig(epochs=EPOCHS),
         torch.device("cpu"),
     )
@@ -111,13 +111,13 @@ def score_latencies(model: Any, data: np.ndarray, batches: int) -> tuple[list[fl
     """Milliseconds per batch of ``SCORE_BATCH`` windows, and the phase's wall seconds."""
     import torch
 
-    from anomalyd.model import reconstruction_errors
+    from anomalyd.model import window_errors
 
     times, started = [], time.perf_counter()
     for i in range(batches):
         chunk = data[(i * SCORE_BATCH) % len(data) :][:SCORE_BATCH]
         t = time.perf_counter()
-        scores, per_feature = reconstruction_errors(model, torch.from_numpy(chunk))
+        scores, per_feature = window_errors(model, torch.from_numpy(chunk))
         scores.numpy(), per_feature.numpy()
         times.append(1000 * (time.perf_counter() - t))
     return times, time.perf_counter() - started

@@ -3,9 +3,9 @@ import torch
 
 from anomalyd.checkpoint import atomic_write, list_models, load_model, model_dir, save_model
 from anomalyd.errors import ModelError
-from anomalyd.model import Autoencoder, AutoencoderArgs
+from anomalyd.model import Autoencoder, ModelArgs
 
-ARGS = AutoencoderArgs(n_features=2, window_length=8, hidden_size=4, cell="gru")
+ARGS = ModelArgs(n_features=2, window_length=8, hidden_size=4, cell="gru")
 
 
 def test_round_trip_keeps_weights_and_metadata(tmp_path):
@@ -35,7 +35,7 @@ def test_foreign_pickle_is_refused_by_weights_only(tmp_path):
 def test_mismatched_config_is_rejected(tmp_path):
     path = save_model(tmp_path, "k", 1, Autoencoder(ARGS), {})
     with pytest.raises(ModelError, match="was made for"):
-        load_model(path, expected=AutoencoderArgs(n_features=3, window_length=8, hidden_size=4, cell="gru"))
+        load_model(path, expected=ModelArgs(n_features=3, window_length=8, hidden_size=4, cell="gru"))
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):

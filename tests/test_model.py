@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from anomalyd.config import TrainingConfig
-from anomalyd.model import Autoencoder, AutoencoderArgs, reconstruction_errors, resolve_device
+from anomalyd.model import Autoencoder, Forecaster, ModelArgs, build_model, resolve_device, window_errors
 from anomalyd.training import fit
 
 CELLS = ["lstm", "gru", "rnn"]
@@ -24,38 +24,39 @@ def sine_windows(n=200, length=16, features=1, seed=0):
 @pytest.mark.parametrize("layers", [1, 2])
 def test_shapes_for_every_cell(cell, layers):
     model = Autoencoder(
-        AutoencoderArgs(n_features=3, window_length=10, hidden_size=8, num_layers=layers, cell=cell)
+        ModelArgs(n_features=3, window_length=10, hidden_size=8, num_layers=layers, cell=cell)
     )
     x = torch.randn(5, 10, 3)
     assert model(x).shape == (5, 10, 3)
-    scores, per_feature = reconstruction_errors(model, x)
+    scores, per_feature = window_errors(model, x)
     assert scores.shape == (5,)
     assert per_feature.shape == (5, 3)
     assert torch.allclose(scores, per_feature.mean(dim=1))
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_training_learns_and_anomalies_score_higher(cell):
+@pytest.mark.parametrize("kind", ["autoencoder", "forecaster"])
+def test_training_learns_and_anomalies_score_higher(cell, kind):
     windows = sine_windows()
-    args = AutoencoderArgs(n_features=1, window_length=16, hidden_size=16, cell=cell)
+    args = ModelArgs(n_features=1, window_length=16, hidden_size=16, cell=cell, kind=kind)
     untrained, _ = fit(
         args, windows, TrainingConfig(warmup_events=750, epochs=1, learning_rate=1e-9), 0, torch.device("cpu")
     )
     model, report = fit(args, windows, TrainingConfig(epochs=15), 0, torch.device("cpu"))
-    before = reconstruction_errors(untrained, torch.from_numpy(windows))[0].mean()
-    after = reconstruction_errors(model, torch.from_numpy(windows))[0].mean()
+    before = window_errors(untrained, torch.from_numpy(windows))[0].mean()
+    after = window_errors(model, torch.from_numpy(windows))[0].mean()
     assert after < 0.5 * before
     assert math.isfinite(report.validation_loss)
     broken = windows[:20].copy()
-    broken[:, -3:, 0] += 4.0  # a spike at the end of each window
-    normal_score = reconstruction_errors(model, torch.from_numpy(windows[:20]))[0]
-    broken_score = reconstruction_errors(model, torch.from_numpy(broken))[0]
+    broken[:, -1, 0] += 4.0  # a spike at the end of each window
+    normal_score = window_errors(model, torch.from_numpy(windows[:20]))[0]
+    broken_score = window_errors(model, torch.from_numpy(broken))[0]
     assert (broken_score > normal_score).all()
 
 
 def test_same_seed_same_model():
     windows = sine_windows(n=60)
-    args = AutoencoderArgs(n_features=1, window_length=16, hidden_size=8)
+    args = ModelArgs(n_features=1, window_length=16, hidden_size=8)
     cfg = TrainingConfig(epochs=3)
     a, _ = fit(args, windows, cfg, 7, torch.device("cpu"))
     b, _ = fit(args, windows, cfg, 7, torch.device("cpu"))
@@ -68,7 +69,7 @@ def test_same_seed_same_model():
 def test_huge_inputs_do_not_explode_training():
     windows = sine_windows(n=60) * 1e4
     model, report = fit(
-        AutoencoderArgs(n_features=1, window_length=16, hidden_size=8, cell="rnn"),
+        ModelArgs(n_features=1, window_length=16, hidden_size=8, cell="rnn"),
         windows,
         TrainingConfig(epochs=3, learning_rate=0.1, grad_clip=1.0),
         0,
@@ -79,7 +80,7 @@ def test_huge_inputs_do_not_explode_training():
 
 
 def test_lstm_forget_bias_starts_at_one():
-    model = Autoencoder(AutoencoderArgs(n_features=1, window_length=4, hidden_size=4))
+    model = Autoencoder(ModelArgs(n_features=1, window_length=4, hidden_size=4))
     total = model.encoder.bias_ih_l0.detach() + model.encoder.bias_hh_l0.detach()
     assert torch.allclose(total[4:8], torch.ones(4))
 
@@ -94,4 +95,35 @@ def test_device_resolution():
 
 def test_fit_rejects_empty_input():
     with pytest.raises(ValueError):
-        fit(AutoencoderArgs(1, 4), np.zeros((0, 4, 1), np.float32), TrainingConfig(), 0, torch.device("cpu"))
+        fit(ModelArgs(1, 4), np.zeros((0, 4, 1), np.float32), TrainingConfig(), 0, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_forecaster_shapes_and_the_score_is_the_newest_values_error(cell):
+    args = ModelArgs(n_features=3, window_length=10, hidden_size=8, cell=cell, kind="forecaster")
+    model = build_model(args, torch.Generator().manual_seed(0))
+    assert isinstance(model, Forecaster)
+    x = torch.randn(5, 10, 3)
+    assert model(x).shape == (5, 9, 3)
+    scores, per_feature = window_errors(model, x)
+    assert per_feature.shape == (5, 3)
+    with torch.no_grad():
+        expected = (model(x)[:, -1] - x[:, -1]).pow(2)
+    assert torch.allclose(per_feature, expected, atol=1e-6)
+    changed = x.clone()
+    changed[:, -1, 1] += 3.0  # only the newest value of feature 1 moves
+    _, moved = window_errors(model, changed)
+    assert torch.equal(moved[:, 0], per_feature[:, 0]) and torch.equal(moved[:, 2], per_feature[:, 2])
+    assert not torch.equal(moved[:, 1], per_feature[:, 1])
+
+
+def test_forecaster_loss_leaves_out_the_burn_in():
+    args = ModelArgs(n_features=1, window_length=17, hidden_size=4, kind="forecaster")
+    model = build_model(args, torch.Generator().manual_seed(0))
+    assert isinstance(model, Forecaster) and model.burn_in == 4
+    x = torch.randn(3, 17, 1)
+    with torch.no_grad():
+        predicted = model(x)  # (3, 16, 1): position t predicts x[:, t + 1]
+        assert torch.allclose(model.loss(x), (predicted[:, 4:] - x[:, 5:]).pow(2).mean())
+        # The first 4 predictions are read from a state that has seen 1 to 4 values; they do not count.
+        assert not torch.allclose(model.loss(x), (predicted - x[:, 1:]).pow(2).mean())

@@ -127,3 +127,13 @@ def test_multivariate_windows_and_gru_cell():
     cfg = small_config(input={"value_fields": ["a", "b", "c", "d"]}, model={"cell": "gru"})
     scores, _, _, _ = run(Pipeline(cfg), events)
     assert np.isfinite(scores[150:]).all()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_forecaster_alerts_at_the_spike_itself(cell):
+    events = sine_events("k", 500, spikes=(300,))
+    cfg = small_config(detector="forecaster", model={"cell": cell})
+    scores, _, alerts, _ = run(Pipeline(cfg), events)
+    # The newest value's prediction error: the spike scores in full the moment it arrives.
+    assert 300 in [a.sequence for a in alerts]
+    assert scores[300] > 10 * np.nanmedian(scores[150:300])
