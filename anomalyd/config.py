@@ -111,7 +111,7 @@ class InputConfig(_Section):
 class WindowConfig(_Section):
     length: int = Field(64, ge=2, le=4096)
     stride: int = Field(1, ge=1)
-    normalise: Literal["running", "none"] = "running"
+    normalise: Literal["running", "warmup", "none"] = "running"
 
 
 class ModelConfig(_Section):

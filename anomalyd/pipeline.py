@@ -127,6 +127,8 @@ class Pipeline:
                 threshold=make_threshold(self.config.threshold),
                 gate=AlertGate(alerts.min_consecutive, alerts.cooldown_events),
             )
+            if self.config.window.normalise == "warmup":
+                self.windows.freeze(index, state.warmup)
         return state
 
     def forget(self, keys: set[str]) -> None:

@@ -2,7 +2,9 @@
 
 Each value is normalised with its key's running mean and standard deviation *before* the
 value itself is counted (Welford's algorithm), so nothing ever looks ahead and a spike does
-not soften itself. Each key's ring is written twice (at ``i`` and ``i + T``), so the
+not soften itself. With ``normalise="warmup"`` a key's statistics stop learning once they
+hold its first :meth:`WindowStore.freeze` values: a level shift then stays a shift instead
+of being learnt as the new normal. Each key's ring is written twice (at ``i`` and ``i + T``), so the
 newest window is always one contiguous slice: no copy, no wrap-around.
 
 >>> store = WindowStore(length=3, n_features=1)
@@ -40,6 +42,7 @@ _VECTOR_MIN = 64
 # Fewer records than this are pushed one by one: below it numpy's fixed cost per call (some
 # 20 calls a batch) outweighs what the vectorisation saves.
 _BATCH_MIN = 16
+_NEVER = np.iinfo(np.int64).max  # a key whose statistics never stop learning
 
 
 class WindowStore:
@@ -51,7 +54,7 @@ class WindowStore:
         self.length = length
         self.n_features = n_features
         self.stride = stride
-        self.normalise = normalise == "running"
+        self.normalise = normalise != "none"
         self.keys: dict[str, int] = {}
         self.names: list[str] = []
         self._alloc(capacity)
@@ -62,11 +65,12 @@ class WindowStore:
         self._count = np.zeros(capacity, dtype=np.int64)
         self._mean = np.zeros((capacity, F), dtype=np.float64)
         self._m2 = np.zeros((capacity, F), dtype=np.float64)
+        self._limit = np.full(capacity, _NEVER, dtype=np.int64)  # values the statistics learn from
 
     def _grow(self) -> None:
-        old: tuple[np.ndarray, ...] = (self._ring, self._count, self._mean, self._m2)
+        old: tuple[np.ndarray, ...] = (self._ring, self._count, self._mean, self._m2, self._limit)
         self._alloc(2 * len(self._count))
-        new: tuple[np.ndarray, ...] = (self._ring, self._count, self._mean, self._m2)
+        new: tuple[np.ndarray, ...] = (self._ring, self._count, self._mean, self._m2, self._limit)
         for dst, src in zip(new, old, strict=True):
             dst[: len(src)] = src
 
@@ -81,21 +85,27 @@ class WindowStore:
             self.names.append(key)
         return idx
 
+    def freeze(self, idx: int, after: int) -> None:
+        """The key's statistics learn from its first ``after`` values only (``normalise: warmup``)."""
+        self._limit[idx] = after
+
     def push(self, idx: int, values: np.ndarray) -> bool:
         """Add one record; True when a full window ends at it (and the stride says score it)."""
         n = int(self._count[idx])
         if self.normalise:
             mean, m2 = self._mean[idx], self._m2[idx]
-            if n >= 2:
-                std = np.sqrt(m2 / (n - 1))
+            seen = min(n, int(self._limit[idx]))
+            if seen >= 2:
+                std = np.sqrt(m2 / (seen - 1))
                 scaled = np.clip(
                     (values - mean) / np.maximum(std, 1e-8 * (1.0 + np.abs(mean))), -_CLIP, _CLIP
                 )
             else:
                 scaled = np.zeros_like(values)
-            delta = values - mean
-            mean += delta / (n + 1)
-            m2 += delta * (values - mean)
+            if n < self._limit[idx]:
+                delta = values - mean
+                mean += delta / (n + 1)
+                m2 += delta * (values - mean)
         else:
             scaled = values
         T = self.length
@@ -185,15 +195,17 @@ class WindowStore:
         by_length = np.argsort(-runs, kind="stable")
         keys, first, runs = keys[by_length], first[by_length], runs[by_length]
         n, mean, m2 = self._count[keys], self._mean[keys], self._m2[keys]  # copies
+        limit = self._limit[keys]
         out = np.empty_like(x)
         rank, active = 0, len(keys)
         while active and active * x.shape[1] >= _VECTOR_MIN:
             rows = first[:active] + rank
-            out[rows] = _welford_step(x[rows], n[:active], mean[:active], m2[:active])
+            out[rows] = _welford_step(x[rows], n[:active], mean[:active], m2[:active], limit[:active])
             rank += 1
             active = int(np.count_nonzero(runs[:active] > rank))
         if active:  # the rest of the few longest runs
-            rows, cols, stats = _welford_tails(first[:active] + rank, runs[:active] - rank, x, n, mean, m2)
+            starts, lengths = first[:active] + rank, runs[:active] - rank
+            rows, cols, stats = _welford_tails(starts, lengths, x, n, mean, m2, limit)
             out[rows, cols] = _scale(x[rows, cols], *stats)
         self._mean[keys], self._m2[keys] = mean, m2
         return out
@@ -208,6 +220,7 @@ class WindowStore:
         self._count[idx] = 0
         self._mean[idx] = 0.0
         self._m2[idx] = 0.0
+        self._limit[idx] = _NEVER
 
     def count(self, idx: int) -> int:
         return int(self._count[idx])
@@ -250,26 +263,42 @@ def _rolling(a: np.ndarray, length: int, writeable: bool = False) -> np.ndarray:
 
 
 def _scale(v: np.ndarray, n: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> np.ndarray:
-    """Values scaled by the statistics of the ``n`` values before each (0 while n < 2): the
-    same float64 operations as :meth:`WindowStore.push`, elementwise."""
+    """Values scaled by statistics of ``n`` values (0 while n < 2): the same float64
+    operations as :meth:`WindowStore.push`, elementwise."""
     std = np.sqrt(m2 / np.maximum(n - 1, 1))
     scaled = np.clip((v - mean) / np.maximum(std, 1e-8 * (1.0 + np.abs(mean))), -_CLIP, _CLIP)
     return np.where(n < 2, 0.0, scaled)
 
 
-def _welford_step(v: np.ndarray, n: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> np.ndarray:
-    """One value per key (K, F), scaled; ``n`` (K,), ``mean`` and ``m2`` (K, F) updated in place."""
+def _welford_step(
+    v: np.ndarray, n: np.ndarray, mean: np.ndarray, m2: np.ndarray, limit: np.ndarray
+) -> np.ndarray:
+    """One value per key (K, F), scaled; ``n`` (K,), ``mean`` and ``m2`` (K, F) updated in
+    place, the statistics only of keys that have seen fewer than ``limit`` values."""
     before = n[:, None]
-    scaled = _scale(v, before, mean, m2)
-    delta = v - mean
-    mean += delta / (before + 1)
-    m2 += delta * (v - mean)
+    scaled = _scale(v, np.minimum(before, limit[:, None]), mean, m2)
+    learning = before < limit[:, None]
+    if learning.all():
+        delta = v - mean
+        mean += delta / (before + 1)
+        m2 += delta * (v - mean)
+    elif learning.any():
+        rows = learning[:, 0]
+        delta = v[rows] - mean[rows]
+        mean[rows] += delta / (before[rows] + 1)
+        m2[rows] += delta * (v[rows] - mean[rows])
     n += 1
     return scaled
 
 
 def _welford_tails(
-    starts: np.ndarray, lengths: np.ndarray, x: np.ndarray, n: np.ndarray, mean: np.ndarray, m2: np.ndarray
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    x: np.ndarray,
+    n: np.ndarray,
+    mean: np.ndarray,
+    m2: np.ndarray,
+    limit: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Welford over rows ``starts[i]`` .. ``+ lengths[i]`` of ``x`` (all features) for key i,
     one value at a time; ``n``, ``mean``, ``m2`` updated in place. Returns the rows and
@@ -281,16 +310,19 @@ def _welford_tails(
     means: list[float] = []
     m2s: list[float] = []
     for i, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
-        count = int(n[i])
+        count, stop = int(n[i]), int(limit[i])
+        learnt = max(0, min(length, stop - count))  # values of the run the statistics learn
         for f in range(x.shape[1]):
-            column = x[start : start + length, f].tolist()
+            column = x[start : start + learnt, f].tolist()
             key_means, key_m2s = _welford_run(column, count, float(mean[i, f]), float(m2[i, f]))
-            mean[i, f], m2[i, f] = key_means.pop(), key_m2s.pop()
+            mean[i, f], m2[i, f] = key_means[-1], key_m2s[-1]
+            key_means += [key_means.pop()] * (length - learnt)
+            key_m2s += [key_m2s.pop()] * (length - learnt)
             means += key_means
             m2s += key_m2s
             rows += range(start, start + length)
             cols += [f] * length
-            counts += range(count, count + length)
+            counts += (min(c, stop) for c in range(count, count + length))
         n[i] = count + length
     stats = (np.array(counts), np.array(means), np.array(m2s))
     return np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64), stats

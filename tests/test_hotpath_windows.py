@@ -8,10 +8,19 @@ import pytest
 from anomalyd.windows import WindowStore
 
 
-def push_one_by_one(store: WindowStore, keys: list[str], values: np.ndarray) -> tuple[list[bool], np.ndarray]:
+def index_of(store: WindowStore, key: str, freeze: dict[str, int] | None = None) -> int:
+    """The key's row; a new key's statistics freeze after ``freeze[key]`` values when given."""
+    new = key not in store.keys
+    idx = store.index(key)
+    if new and freeze and key in freeze:
+        store.freeze(idx, freeze[key])
+    return idx
+
+
+def push_one_by_one(store: WindowStore, keys: list[str], values: np.ndarray, freeze=None):
     ready, windows = [], []
     for key, row in zip(keys, values, strict=True):
-        idx = store.index(key)
+        idx = index_of(store, key, freeze)
         ready.append(store.push(idx, row))
         if ready[-1]:
             windows.append(store.window(idx).copy())
@@ -19,8 +28,8 @@ def push_one_by_one(store: WindowStore, keys: list[str], values: np.ndarray) -> 
     return ready, np.stack(windows) if windows else np.zeros(shape, dtype=np.float32)
 
 
-def push_batch(store: WindowStore, keys: list[str], values: np.ndarray) -> tuple[list[bool], np.ndarray]:
-    idx = np.array([store.index(key) for key in keys], dtype=np.int64)
+def push_batch(store: WindowStore, keys: list[str], values: np.ndarray, freeze=None):
+    idx = np.array([index_of(store, key, freeze) for key in keys], dtype=np.int64)
     ready, windows = store.push_many(idx, values)
     return ready.tolist(), windows
 
@@ -32,12 +41,12 @@ def assert_same_state(a: WindowStore, b: WindowStore) -> None:
         assert np.array_equal(sa[name], sb[name]), name
 
 
-def assert_equivalent(batches, length=5, n_features=1, stride=1, normalise="running") -> None:
+def assert_equivalent(batches, length=5, n_features=1, stride=1, normalise="running", freeze=None) -> None:
     one = WindowStore(length, n_features, stride, normalise, capacity=2)
     many = WindowStore(length, n_features, stride, normalise, capacity=2)
     for keys, values in batches:
-        ready_one, windows_one = push_one_by_one(one, keys, values)
-        ready_many, windows_many = push_batch(many, keys, values)
+        ready_one, windows_one = push_one_by_one(one, keys, values, freeze)
+        ready_many, windows_many = push_batch(many, keys, values, freeze)
         assert ready_many == ready_one
         assert windows_many.dtype == np.float32 and windows_many.flags.c_contiguous
         assert windows_many.shape == windows_one.shape
@@ -61,6 +70,10 @@ def test_random_batches_match_one_at_a_time(seed):
     batches = random_batches(rng, int(rng.integers(1, 80)), rng.integers(0, 300, 6).tolist(), n_features)
     assert_equivalent(batches, length, n_features, stride)
     assert_equivalent(batches, length, n_features, stride, normalise="none")
+    # Statistics frozen after each key's first few values (``normalise: warmup``), some keys
+    # freezing inside a batch, some before it, some never.
+    freeze = {f"k{k}": int(rng.integers(0, 120)) for k in range(0, 80, 2)}
+    assert_equivalent(batches, length, n_features, stride, normalise="warmup", freeze=freeze)
 
 
 def test_one_key_long_runs_use_python_floats_and_match():
@@ -127,3 +140,21 @@ def test_state_restored_mid_stream_continues_identically():
     resumed.set_state(whole.get_state())
     assert np.array_equal(push_batch(resumed, *second[0])[1], push_batch(whole, *second[0])[1])
     assert_same_state(whole, resumed)
+
+
+def test_frozen_statistics_keep_a_level_shift_visible():
+    """After the freeze a shifted level stays as far out as on its first value."""
+    rng = np.random.default_rng(5)
+    before, after = rng.normal(0.0, 1.0, (300, 1)), rng.normal(6.0, 1.0, (300, 1))
+    values = np.concatenate([before, after])
+    scaled = {}
+    for normalise in ("running", "warmup"):
+        store = WindowStore(4, 1, normalise=normalise)
+        idx = store.index("k")
+        if normalise == "warmup":
+            store.freeze(idx, 300)
+        _, windows = store.push_many(np.full(len(values), idx), values)
+        scaled[normalise] = windows[:, -1, 0]  # each window's newest value, scaled
+    assert scaled["warmup"][-50:].mean() > 5.0  # still about 6 standard deviations out
+    assert scaled["running"][-50:].mean() < 2.0  # the running statistics learnt the new level
+    assert np.array_equal(scaled["warmup"][:297], scaled["running"][:297])  # same until the freeze

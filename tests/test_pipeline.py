@@ -137,3 +137,18 @@ def test_forecaster_alerts_at_the_spike_itself(cell):
     # The newest value's prediction error: the spike scores in full the moment it arrives.
     assert 300 in [a.sequence for a in alerts]
     assert scores[300] > 10 * np.nanmedian(scores[150:300])
+
+
+def test_warmup_normalisation_keeps_flagging_a_lasting_shift():
+    """A level shift after warm-up: running statistics learn it, frozen ones keep seeing it."""
+    events = sine_events("k", 1500)
+    for e in events[400:]:
+        e.values = e.values + 3.0
+    flagged = {}
+    spot = {"method": "spot", "risk": 1e-3, "min_samples": 100, "calibration": "live"}
+    for normalise in ("running", "warmup"):
+        cfg = small_config(window={"normalise": normalise}, threshold=spot)
+        _, flags, _, _ = run(Pipeline(cfg), events)
+        flagged[normalise] = flags[1100:].mean()  # the shift's last 400 events
+    assert flagged["warmup"] > 0.9
+    assert flagged["running"] < 0.5 * flagged["warmup"]
