@@ -202,15 +202,18 @@ MODE_THREADS = {MODEL_1: 1, MODEL_2: 2, NO_MODEL: 1}
 
 
 def detector_option(parser: argparse.ArgumentParser) -> None:
-    """``--detector``: time the autoencoder (the default) or the forecaster."""
+    """``--detector``: time the autoencoder (the default) or the forecaster; ``--device``."""
     parser.add_argument(
         "--detector", choices=["autoencoder", "forecaster"], default="autoencoder", help="the model timed"
     )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
 
 
-def replay_config(batch_size: int = 1024, detector: str = "autoencoder", **sections: dict[str, Any]) -> Any:
+def replay_config(
+    batch_size: int = 1024, detector: str = "autoencoder", device: str = "cpu", **sections: dict[str, Any]
+) -> Any:
     """The default config (window 64, hidden 32, one feature), shared scope, a short warm-up;
-    ``detector`` the model that scores.
+    ``detector`` the model that scores, on ``device``.
 
     Warm-up is one window (``training.warmup_events`` = the window length) and training takes
     ``EPOCHS`` epochs, so training is a small part of a run, timed apart. Online retraining,
@@ -221,7 +224,7 @@ def replay_config(batch_size: int = 1024, detector: str = "autoencoder", **secti
 
     data: dict[str, Any] = {
         "input": {"key_field": "key", "batch_size": batch_size},
-        "model": {"scope": "shared", "threads": 1, "device": "cpu"},
+        "model": {"scope": "shared", "threads": 1, "device": device},
         "training": {"warmup_events": WINDOW, "epochs": EPOCHS},
         "output": {"alerts": []},
         "logging": {"level": "warning"},

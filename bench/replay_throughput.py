@@ -69,7 +69,8 @@ def main() -> None:
         profile(args.smoke)
         return
     header(
-        f"replay throughput ({args.detector}): anomalyd.app.replay vs river HST and a rolling z-score",
+        f"replay throughput ({args.detector}, {args.device}): "
+        "anomalyd.app.replay vs river HST and a rolling z-score",
         args.smoke,
     )
     cases = [case for case in (SMOKE if args.smoke else FULL) if not args.keys or case[0] in args.keys]
@@ -82,7 +83,7 @@ def main() -> None:
             path = Path(tmp) / f"stream-{keys}.csv"
             write_stream_csv(path, values)
             modes = (MODEL_1, MODEL_2, NO_MODEL)
-            config = replay_config(batch_size, args.detector)
+            config = replay_config(batch_size, args.detector, args.device)
             run = replay_steady(path, config, modes, block, Path(tmp), budget_s, 10)
             path.unlink()
             baselines = {
