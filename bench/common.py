@@ -267,6 +267,7 @@ class _Switch:
     def __init__(self, run: ReplayRun):
         self.run = run
         self.use_model = True
+        self.workers = 1  # the detector's scoring threads (``model.threads``)
         self.last: tuple[np.ndarray, np.ndarray] | None = None
 
     @contextmanager
@@ -278,6 +279,7 @@ class _Switch:
 
         def score(self: Any, model_id: str, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             if switch.use_model or switch.last is None:
+                self.workers = switch.workers
                 switch.last = original_score(self, model_id, windows)
                 return switch.last
             scores, errors = switch.last
@@ -317,8 +319,8 @@ def replay_steady(
     parsing, windows, scoring, thresholds, alerts, the commit tick. Warm-up lasts until a
     batch has every event scored; from then on the modes take turns, ``block`` batches each
     (the first batch after a switch is not counted), so every mode sees the same stretch of
-    the stream and the same machine noise. A mode's threads are set with
-    ``torch.set_num_threads``, which is what ``model.threads`` does.
+    the stream and the same machine noise. A mode's threads are the detector's scoring
+    threads, each with one torch thread: what ``model.threads`` sets.
 
     The steady state ends with the file, or once it has lasted ``budget_s`` and every mode
     has ``min_batches`` timed batches: a slow mode on a busy machine cannot stretch the run.
@@ -332,7 +334,7 @@ def replay_steady(
     clock = {"last": 0.0, "steady": -1, "since": 0.0}
 
     def set_mode(mode: str) -> None:
-        torch.set_num_threads(MODE_THREADS[mode])
+        switch.workers = MODE_THREADS[mode]
         switch.use_model = mode != NO_MODEL
 
     def on_start(_rows: int) -> None:
@@ -363,6 +365,7 @@ def replay_steady(
         set_mode(modes[(k // block) % len(modes)])
 
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     started = time.perf_counter()
     try:
         with switch.installed():

@@ -10,9 +10,11 @@ short replay of one key in the same process (``bench/common.py``'s harness, 1 an
 taking turns): every steady-state event scores one window, so its events/s over the ceiling
 at ``model.score_batch_size`` (512) is the fraction of the ceiling the pipeline keeps.
 
-OpenMP threads spin while they wait; on two cores shared with anything else that can cost
-more than the second thread gives. A child process repeats the 2-thread grid with
-``OMP_WAIT_POLICY=PASSIVE`` (read once, when OpenMP starts) to show the difference.
+"2 threads" is what ``model.threads: 2`` does: the batch split in two parts, each scored in
+its own thread of one torch thread. A child process shows the other way, one call on two
+torch (OpenMP) threads, with ``OMP_WAIT_POLICY=PASSIVE`` (read once, when OpenMP starts):
+OpenMP threads spin while they wait, which on two shared cores can cost more than the
+second thread gives.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common import (
@@ -51,17 +54,30 @@ SCORE_BATCH = 512  # model.score_batch_size: the largest forward pass the pipeli
 
 
 def measure(batch: int, threads: int, seconds: float) -> float:
-    """Windows/s of window_errors at ``batch`` on ``threads`` threads, over about ``seconds``."""
+    """Windows/s of window_errors at ``batch`` on ``threads`` threads, over about ``seconds``:
+    as ``Detector.score`` does it, the batch split in ``threads`` parts scored in as many
+    threads of one torch thread each (``--intra-op``: one call on ``threads`` torch threads)."""
     import torch
 
     from anomalyd.model import window_errors
 
-    torch.set_num_threads(threads)
     x = torch.randn(batch, WINDOW, 1, generator=torch.Generator().manual_seed(batch))
-    window_errors(MODEL[0], x)  # first call at this size: allocations, thread start
+    if INTRA_OP or threads == 1 or batch < 2 * threads:
+        torch.set_num_threads(threads)
+
+        def score() -> None:
+            window_errors(MODEL[0], x)
+    else:
+        torch.set_num_threads(1)
+        parts = x.chunk(threads)
+
+        def score() -> None:
+            list(POOL[threads].map(lambda part: window_errors(MODEL[0], part), parts))
+
+    score()  # first call at this size: allocations, thread start
     calls, started = 0, time.perf_counter()
     while True:
-        window_errors(MODEL[0], x)
+        score()
         calls += 1
         elapsed = time.perf_counter() - started
         if elapsed >= seconds and calls >= 2:
@@ -80,6 +96,8 @@ def grid(
 
 
 MODEL: list = []
+POOL: dict[int, ThreadPoolExecutor] = {}
+INTRA_OP = False
 
 
 def build_model(kind: str) -> None:
@@ -92,8 +110,9 @@ def build_model(kind: str) -> None:
 
 
 def passive_grid(smoke: bool) -> dict[int, float]:
-    """The 2-thread grid in a child process with OMP_WAIT_POLICY=PASSIVE: median windows/s per batch."""
-    cmd = [sys.executable, __file__, "--child-passive", "--detector", MODEL[0].args.kind]
+    """The 2-thread grid on torch's intra-op threads in a child process with
+    OMP_WAIT_POLICY=PASSIVE: median windows/s per batch."""
+    cmd = [sys.executable, __file__, "--child-passive", "--intra-op", "--detector", MODEL[0].args.kind]
     cmd += ["--smoke"] if smoke else []
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=600).stdout
@@ -103,11 +122,20 @@ def passive_grid(smoke: bool) -> dict[int, float]:
 def main() -> None:
     args = parse_args(
         __doc__.splitlines()[0],
-        lambda p: (p.add_argument("--child-passive", action="store_true"), detector_option(p)),
+        lambda p: (
+            p.add_argument("--child-passive", action="store_true"),
+            p.add_argument("--intra-op", action="store_true", help="2 threads: torch's intra-op threads"),
+            detector_option(p),
+        ),
     )
     rounds, seconds, steady = (2, 0.01, 128) if args.smoke else (6, 0.3, 40_000)
     batches = SMOKE_BATCHES if args.smoke else BATCHES
     build_model(args.detector)
+    global INTRA_OP
+    INTRA_OP = args.intra_op
+    import torch
+
+    POOL.update({t: ThreadPoolExecutor(t, initializer=torch.set_num_threads, initargs=(1,)) for t in THREADS})
     if args.child_passive:
         results = grid(rounds, seconds, [2], batches)
         print(json.dumps({b: statistics.median(results[(b, 2)]) for b in batches}))
@@ -130,7 +158,7 @@ def main() -> None:
     policy = os.environ.get("OMP_WAIT_POLICY", "unset (libgomp: spin, then sleep)")
     table(
         "Forward pass alone: windows/s (64 x 1, LSTM hidden 32)",
-        ["batch", "1 thread", "2 threads", "2 / 1", "2 threads, OMP_WAIT_POLICY=PASSIVE"],
+        ["batch", "1 thread", "2 threads", "2 / 1", "2 torch threads, one call, OMP_WAIT_POLICY=PASSIVE"],
         [
             [b, ceiling[(b, 1)], ceiling[(b, 2)], ratio(ceiling[(b, 2)], ceiling[(b, 1)]), passive[b]]
             for b in batches

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from anomalyd.events import Event
 from anomalyd.pipeline import Pipeline
@@ -152,3 +153,23 @@ def test_warmup_normalisation_keeps_flagging_a_lasting_shift():
         flagged[normalise] = flags[1100:].mean()  # the shift's last 400 events
     assert flagged["warmup"] > 0.9
     assert flagged["running"] < 0.5 * flagged["warmup"]
+
+
+def test_scoring_threads_split_batches_and_change_nothing():
+    """``model.threads: 2`` scores each batch in two parts in two threads: the same alerts."""
+    events = [
+        e for pair in zip(sine_events("a", 600, (300,)), sine_events("b", 600, (450,), seed=1)) for e in pair
+    ]
+    threads = torch.get_num_threads()
+    try:
+        results = {}
+        for n in (1, 2):
+            pipeline = Pipeline(small_config(model={"scope": "shared", "threads": n}))
+            assert pipeline.detector.workers == n
+            results[n] = run(pipeline, events, size=512)
+            pipeline.close()
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(results[2][0], results[1][0], rtol=1e-5, equal_nan=True)
+    assert [a.alert_id for a in results[2][2]] == [a.alert_id for a in results[1][2]]
+    assert results[1][2], "the spikes raise alerts"
