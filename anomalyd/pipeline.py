@@ -198,20 +198,23 @@ class Pipeline:
         rows: list[int] = []
         decide: list[bool] = []
         length = self.config.window.length
+        is_trained = self.detector.is_trained
         for row, (sequence, state) in enumerate(zip(windows.sequences, windows.states, strict=True)):
-            if sequence >= state.warmup:
+            model_id = state.model_id
+            if sequence >= state.warmup and is_trained(model_id):
                 rows.append(row)
                 decide.append(True)
                 continue
-            model_id = state.model_id
-            if sequence >= 2 * length - 1 or sequence == state.warmup - 1:
+            # A key's last warm-up window, or with a stride the first window past it, trains.
+            last = sequence >= state.warmup - 1
+            if sequence >= 2 * length - 1 or last:
                 # The first windows are normalised with the statistics of a handful of values;
                 # they would teach the model (and its thresholds) noise.
                 self.detector.remember(model_id, state.index, windows.stack[row])
-            if self.detector.is_trained(model_id):
+            if is_trained(model_id):
                 rows.append(row)
                 decide.append(False)  # calibrate the threshold only (key still warming up)
-            elif sequence == state.warmup - 1:
+            elif last:
                 self._score_pending(rows, decide, windows, events, out)
                 rows, decide = [], []
                 self._train(model_id)

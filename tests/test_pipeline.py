@@ -173,3 +173,15 @@ def test_scoring_threads_split_batches_and_change_nothing():
     np.testing.assert_allclose(results[2][0], results[1][0], rtol=1e-5, equal_nan=True)
     assert [a.alert_id for a in results[2][2]] == [a.alert_id for a in results[1][2]]
     assert results[1][2], "the spikes raise alerts"
+
+
+def test_a_stride_that_skips_the_last_warmup_event_still_trains():
+    """Warm-up 150, windows of 16 every 3rd event: no window ends at event 149, the first
+    one past it trains the model, and scoring goes on every 3rd event."""
+    events = sine_events("k", 500, spikes=(400,))
+    pipeline = Pipeline(small_config(window={"stride": 3}))
+    scores, _, alerts, results = run(pipeline, events)
+    assert [t for r in results for t in r.trained] == [("k", 1)]
+    scored = np.flatnonzero(np.isfinite(scores))
+    assert scored[0] > 150 and set(np.diff(scored)) == {3}
+    assert any(400 <= a.sequence <= 402 for a in alerts)
