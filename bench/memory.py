@@ -1,6 +1,6 @@
 """Resident memory per key in ``shared`` scope, and whether it grows over a long run.
 
-    .venv/bin/python bench/memory.py [--smoke]
+    .venv/bin/python bench/memory.py [--threshold quantile spot ...] [--smoke]
 
 Each key count runs in a child process of its own (freed memory is not always given back to
 the OS, so one process per measurement keeps them apart). A child imports everything and
@@ -17,6 +17,9 @@ the shared model is fixed-size and is trained for real. Runs at 1,000 and 3,000 
 real forward pass show the stub does not change the marginal per-key figure.
 
 The growth check keeps feeding the same keys up to 10x the events and samples RSS.
+
+``--threshold`` names the threshold methods to measure (default: ``quantile``, the config's
+default); each gets its own children, rows and columns, with the rest of the config the same.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ SMOKE = [20, 100]
 GROWTH_KEYS = {False: 1_000, True: 20}
 REAL_KEYS = [1_000, 3_000]  # key counts scored with the real forward pass (full size only)
 GROWTH_MULTIPLES = [1, 2, 5, 10]
+METHODS = ["quantile", "spot", "likelihood", "ewma", "river_quantile"]
 BATCH = 1024
 MIB = 1024 * 1024
 
@@ -84,26 +88,41 @@ def per_key_arrays(pipeline: Any) -> dict[str, float]:
     row = sum(a.nbytes // len(a) for a in arrays)
     capacity = len(store._count)
     state = next(iter(pipeline.states.values()))
-    ring = getattr(state.threshold, "_ring", None)
-    objects = sum(sys.getsizeof(o) for o in (state, state.threshold, state.gate, state.model_id))
+    data, headers = threshold_arrays(state.threshold)
+    objects = sum(sys.getsizeof(o) for o in (state, state.threshold, state.gate, state.model_id)) + headers
     objects += sys.getsizeof(pipeline.windows.names[0]) + 3 * 8 * 3  # key string; dict/list slots
     return {
         "window ring (2T x F float32)": store._ring.nbytes // capacity,
         "window count, mean, M2": row - store._ring.nbytes // capacity,
         "window rows allocated but unused": (capacity - keys) * row / keys,
-        "threshold ring (float32)": ring.nbytes if ring is not None else 0,
+        "threshold arrays (quantile: the score ring, float32 x threshold.window)": data,
         "Python objects (KeyState, threshold, gate, key, index entries; approx.)": objects,
     }
 
 
-def child(keys: int, real_model: bool, growth: bool, smoke: bool) -> dict[str, Any]:
+def threshold_arrays(threshold: Any) -> tuple[int, int]:
+    """Bytes of the data of a threshold's numpy arrays and lists, and of their object headers."""
+    names = getattr(type(threshold), "__slots__", None) or vars(threshold)
+    data = headers = 0
+    for name in names:
+        value = getattr(threshold, name, None)
+        if isinstance(value, np.ndarray):
+            data += value.nbytes
+            headers += sys.getsizeof(value) - (value.nbytes if value.base is None else 0)
+        elif isinstance(value, (list, tuple, dict)):
+            data += sum(sys.getsizeof(v) for v in value)
+            headers += sys.getsizeof(value)
+    return data, headers
+
+
+def child(keys: int, method: str, real_model: bool, growth: bool) -> dict[str, Any]:
     import torch
 
     from anomalyd import detector
     from anomalyd.pipeline import Pipeline
 
     torch.set_num_threads(1)
-    config = replay_config()
+    config = replay_config(threshold={"method": method})
     warm = WINDOW + config.threshold.min_samples - 1  # the window, then min_samples scores
     if not real_model:
         detector.Detector.score = stub_score  # type: ignore[method-assign]
@@ -120,7 +139,13 @@ def child(keys: int, real_model: bool, growth: bool, smoke: bool) -> dict[str, A
     if cold:
         raise SystemExit(f"{len(cold)} keys still have no threshold after {warm} events each")
     gc.collect()
-    out: dict[str, Any] = {"keys": keys, "events": keys * warm, "base": base, "fixed": fixed}
+    out: dict[str, Any] = {
+        "keys": keys,
+        "method": method,
+        "events": keys * warm,
+        "base": base,
+        "fixed": fixed,
+    }
     out["warm"], out["seconds"] = rss_bytes(), time.perf_counter() - started
     out["arrays"] = per_key_arrays(pipeline)
     if growth:
@@ -130,17 +155,18 @@ def child(keys: int, real_model: bool, growth: bool, smoke: bool) -> dict[str, A
             gc.collect()
             samples.append([multiple, feeder.rows, rss_bytes()])
         out["growth"] = samples
-        out["window"] = config.threshold.window
+        ring = getattr(next(iter(pipeline.states.values())).threshold, "_ring", None)
+        out["ring"] = 0 if ring is None else ring.size  # a quantile threshold's window of scores
     return out
 
 
 class Child:
     """One measurement in a process of its own; children run side by side (RSS is per process)."""
 
-    def __init__(self, keys: int, smoke: bool, real_model: bool = False, growth: bool = False):
-        cmd = [sys.executable, __file__, "--child", str(keys)]
+    def __init__(self, keys: int, method: str, smoke: bool, real_model: bool = False, growth: bool = False):
+        cmd = [sys.executable, __file__, "--child", str(keys), "--threshold", method]
         cmd += ["--real-model"] * real_model + ["--growth"] * growth + ["--smoke"] * smoke
-        self.keys = keys
+        self.keys, self.method = keys, method
         self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - read and closed in result()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
 
@@ -150,7 +176,7 @@ class Child:
         errors = self.stderr.read()
         self.stderr.close()
         if self.proc.returncode != 0:
-            raise SystemExit(f"child for {self.keys} keys failed:\n{errors[-3000:]}")
+            raise SystemExit(f"child for {self.keys} keys ({self.method}) failed:\n{errors[-3000:]}")
         return json.loads(out.strip().splitlines()[-1])
 
 
@@ -158,6 +184,14 @@ def extra(parser: Any) -> None:
     parser.add_argument("--child", type=int, help=argparse_hidden())
     parser.add_argument("--real-model", action="store_true", help=argparse_hidden())
     parser.add_argument("--growth", action="store_true", help=argparse_hidden())
+    parser.add_argument(
+        "--threshold",
+        nargs="+",
+        choices=METHODS,
+        default=["quantile"],
+        metavar="METHOD",
+        help=f"threshold methods to measure, each in children of its own (default: quantile; of {METHODS})",
+    )
 
 
 def argparse_hidden() -> str:
@@ -169,19 +203,50 @@ def argparse_hidden() -> str:
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], extra)
     quiet_logs()
+    methods = list(dict.fromkeys(args.threshold))
     if args.child is not None:
-        print(json.dumps(child(args.child, args.real_model, args.growth, args.smoke)))
+        print(json.dumps(child(args.child, methods[0], args.real_model, args.growth)))
         return
     header("memory: resident bytes per key, shared scope", args.smoke)
     sizes = SMOKE if args.smoke else FULL
     growth_keys = GROWTH_KEYS[args.smoke]
-    children = [Child(keys, args.smoke, growth=keys == growth_keys) for keys in reversed(sizes)]
+    children = [
+        (f"{method}, stub", Child(keys, method, args.smoke, growth=keys == growth_keys))
+        for method in methods
+        for keys in reversed(sizes)
+    ]
     # The real forward pass at two key counts: its working memory (activations of a batch of
     # 512 windows) is a fixed cost, so compare marginal bytes/key with the stub's.
-    real = [] if args.smoke else [Child(keys, args.smoke, real_model=True) for keys in REAL_KEYS]
-    labelled = [("stub", child.result()) for child in reversed(children)]
-    labelled += [("real forward pass", child.result()) for child in real]
-    runs = [run for label, run in labelled if label == "stub"]
+    if not args.smoke:
+        children += [
+            (f"{method}, real", Child(keys, method, args.smoke, real_model=True))
+            for method in methods
+            for keys in REAL_KEYS
+        ]
+    results = [(label, child.result()) for label, child in children]
+    labelled = sorted(
+        results, key=lambda lr: (methods.index(lr[1]["method"]), "real" in lr[0], lr[1]["keys"])
+    )
+    rss_table(labelled)
+    stubs = [run for label, run in labelled if label.endswith("stub")]
+    largest = [run for run in stubs if run["keys"] == max(sizes)]
+    arrays = {run["method"]: run["arrays"] for run in largest}
+    table(
+        f"Per-key state from the arrays ({max(sizes):,} keys)",
+        ["component", *(f"{method}: bytes/key allocated" for method in arrays)],
+        [[name, *(Num(a[name], "{:,.0f}") for a in arrays.values())] for name in next(iter(arrays.values()))]
+        + [["total", *(Num(sum(a.values()), "{:,.0f}") for a in arrays.values())]],
+        [
+            "Allocated is not resident: numpy takes fresh pages lazily (a quantile threshold's "
+            "ring is written whole when its key first appears, so it is resident from then on)."
+        ],
+    )
+    for run in stubs:
+        if "growth" in run:
+            growth_table(run)
+
+
+def rss_table(labelled: list[tuple[str, dict[str, Any]]]) -> None:
     rows, previous = [], {}
     for label, run in labelled:
         marginal: Any = math.nan
@@ -193,8 +258,9 @@ def main() -> None:
         previous[label] = run
         rows.append(
             [
+                run["method"],
                 run["keys"],
-                label,
+                "real forward pass" if label.endswith("real") else "stub",
                 run["events"],
                 Num(run["base"] / MIB, "{:.0f}"),
                 Num(run["fixed"] / MIB, "{:.0f}"),
@@ -205,10 +271,11 @@ def main() -> None:
                 Num(run["seconds"], "{:.1f}"),
             ]
         )
-    warm_events = runs[0]["events"] // runs[0]["keys"]
+    warm_events = labelled[0][1]["events"] // labelled[0][1]["keys"]
     table(
         "RSS after every key has a full window and a warm threshold",
         [
+            "threshold",
             "keys",
             "scoring",
             "events",
@@ -225,26 +292,18 @@ def main() -> None:
             f"{warm_events} events per key ({WINDOW} for the window, then threshold.min_samples scores). "
             "After 1 key: one key warmed first, so the fixed costs (the trained model, torch's "
             "first forward and backward passes, allocator pools) are paid; marginal: from the previous row "
-            "with the same scoring; "
+            "with the same threshold and scoring; "
             "s: feeding the keys, with every child running at once."
         ],
     )
-    arrays = runs[-1]["arrays"]
+
+
+def growth_table(run: dict[str, Any]) -> None:
+    keys, ring = run["keys"], run["ring"]
+    first = run["growth"][0][2]
     table(
-        f"Per-key state from the arrays ({runs[-1]['keys']:,} keys)",
-        ["component", "bytes/key allocated"],
-        [[name, Num(value, "{:,.0f}")] for name, value in arrays.items()]
-        + [["total", Num(sum(arrays.values()), "{:,.0f}")]],
-        [
-            "Allocated is not resident: numpy takes fresh pages lazily, so a threshold ring "
-            "becomes resident page by page as scores fill it (4 bytes per score)."
-        ],
-    )
-    growth = next(run for run in runs if "growth" in run)
-    keys, window = growth["keys"], growth["window"]
-    first = growth["growth"][0][2]
-    table(
-        f"Growth over a long run: the same {keys:,} keys, up to {GROWTH_MULTIPLES[-1]}x the events",
+        f"Growth over a long run ({run['method']}): the same {keys:,} keys, up to "
+        f"{GROWTH_MULTIPLES[-1]}x the events",
         [
             "x events",
             "events per key",
@@ -258,13 +317,15 @@ def main() -> None:
                 per_key,
                 Num(rss / MIB, "{:.1f}"),
                 (rss - first) / keys,
-                4 * min(per_key - WINDOW + 1, window),
+                4 * min(per_key - WINDOW + 1, ring),
             ]
-            for multiple, per_key, rss in growth["growth"]
+            for multiple, per_key, rss in run["growth"]
         ],
         [
-            f"A key's threshold ring holds the last {window} scores; it is full after "
-            f"{WINDOW - 1 + window} events and must not grow after that."
+            f"A quantile threshold's ring holds the last {ring} scores; it is full after "
+            f"{WINDOW - 1 + ring} events and must not grow after that."
+            if ring
+            else "This threshold keeps no ring of scores: a fixed handful of numbers per key."
         ],
     )
 
