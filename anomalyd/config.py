@@ -124,6 +124,7 @@ class ModelConfig(_Section):
     seed: int = 0
     threads: int | None = Field(None, ge=1, le=1024)
     score_batch_size: int = Field(512, ge=1)
+    score_steps: int = Field(1, ge=1, le=4096)
 
 
 class TrainingConfig(_Section):
@@ -348,6 +349,15 @@ class Config(_Section):
             raise ValueError(
                 f"training.warmup_events ({self.training.warmup_events}) must be >= "
                 f"window.length ({self.window.length}): the model needs whole windows to learn from"
+            )
+        steps, length = self.model.score_steps, self.window.length
+        most = length - 1 - (length - 1) // 4  # predictions past the forecaster's burn-in
+        if steps > 1 and self.detector != "forecaster":
+            raise ValueError(f"model.score_steps ({steps}) applies to detector: forecaster only")
+        if steps > most:
+            raise ValueError(
+                f"model.score_steps ({steps}) must be <= {most} for window.length {length}: "
+                "the newest three quarters of a window's predictions"
             )
         return self
 

@@ -133,6 +133,7 @@ class Detector:
             cell=model.cell,
             dropout=model.dropout,
             kind=kind,
+            score_steps=model.score_steps,
         )
         self.device = resolve_device(model.device)
         # Scoring threads, each with one torch thread, each scoring its own part of a batch:

@@ -51,6 +51,7 @@ class ModelArgs:
     cell: Cell = "lstm"
     dropout: float = 0.0
     kind: Kind = "autoencoder"
+    score_steps: int = 1  # forecaster: the score averages the newest values' errors
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,8 +133,9 @@ class Forecaster(WindowModel):
     """Predicts each value of a window from the values before it (teacher forcing).
 
     The first quarter of a window's predictions come from a state that has seen too little
-    to predict from; the training loss leaves them out, and the score (the newest value's
-    error) comes from a state that has read the whole rest of the window.
+    to predict from; the training loss leaves them out. The score is the squared error of
+    the newest value's prediction, or the mean over the newest ``score_steps`` values (a
+    one-step error is as noisy as one value; Telemanom smooths its errors likewise).
     """
 
     def __init__(self, args: ModelArgs, generator: torch.Generator | None = None):
@@ -155,7 +157,10 @@ class Forecaster(WindowModel):
 
     def errors(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.rnn(x[:, :-1])
-        return (self.head(out[:, -1]) - x[:, -1]).pow(2)
+        steps = self.args.score_steps
+        if steps == 1:
+            return (self.head(out[:, -1]) - x[:, -1]).pow(2)
+        return (self.head(out[:, -steps:]) - x[:, -steps:]).pow(2).mean(dim=1)
 
 
 def build_model(args: ModelArgs, generator: torch.Generator | None = None) -> WindowModel:

@@ -36,6 +36,11 @@ def test_shipped_configs_are_valid(name):
             "warmup_events (50) must be >= window.length (100)",
         ),
         ("output: {alerts: [{type: file}]}", "output.alerts.0: a 'file' sink needs a path"),
+        (
+            "detector: forecaster\nwindow: {length: 16}\nmodel: {score_steps: 13}",
+            "model.score_steps (13) must be <= 12 for window.length 16",
+        ),
+        ("model: {score_steps: 4}", "model.score_steps (4) applies to detector: forecaster only"),
         ("bogus: 1", "bogus: unknown key (expected one of: alerts, detector, hst, input,"),
         ("- 1\n- 2", "expected a mapping of sections"),
         ("model: [", "not valid YAML"),

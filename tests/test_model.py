@@ -127,3 +127,15 @@ def test_forecaster_loss_leaves_out_the_burn_in():
         assert torch.allclose(model.loss(x), (predicted[:, 4:] - x[:, 5:]).pow(2).mean())
         # The first 4 predictions are read from a state that has seen 1 to 4 values; they do not count.
         assert not torch.allclose(model.loss(x), (predicted - x[:, 1:]).pow(2).mean())
+
+
+def test_forecaster_score_steps_average_the_newest_errors():
+    args = ModelArgs(n_features=2, window_length=12, hidden_size=4, kind="forecaster", score_steps=3)
+    model = build_model(args, torch.Generator().manual_seed(0))
+    x = torch.randn(4, 12, 2)
+    _, per_feature = window_errors(model, x)
+    with torch.no_grad():
+        expected = (model(x)[:, -3:] - x[:, -3:]).pow(2).mean(dim=1)  # the newest 3 values' errors
+    assert torch.allclose(per_feature, expected, atol=1e-6)
+    one = build_model(ModelArgs(2, 12, 4, kind="forecaster"), torch.Generator().manual_seed(0))
+    assert not torch.allclose(window_errors(one, x)[1], per_feature)  # same weights, newest error only
