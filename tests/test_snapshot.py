@@ -101,3 +101,28 @@ def test_only_the_newest_are_kept_and_no_temp_files_remain(tmp_path):
     names = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
     assert names == ["snapshot-0000000004.pt", "snapshot-0000000005.pt"]
     assert store.latest("h", "s").payload["a"].tolist() == list(range(10))
+
+
+def test_forecaster_with_fixed_statistics_resumes_exactly(tmp_path):
+    """The forecaster's weights and the frozen statistics come back from a snapshot."""
+    cfg = small_config(detector="forecaster", window={"normalise": "warmup"}, model={"score_steps": 4})
+    events = sine_events("a", 900, spikes=(400, 700)) + sine_events("b", 900, spikes=(600,), seed=1)
+    events.sort(key=lambda e: e.time)
+    whole = Pipeline(cfg)
+    expected = alert_ids(run(whole, events))
+    whole.close()
+    assert expected
+
+    first = Pipeline(cfg)
+    before = alert_ids(run(first, events[:1000]))
+    store = SnapshotStore(tmp_path)
+    store.save({"state": first.get_state(), "positions": None}, first.state_hash, "test")
+    first.close()
+    found = store.latest(first.state_hash, "test")
+    assert found is not None
+    second = Pipeline(cfg)
+    second.set_state(found.payload["state"])
+    assert second.windows._limit[: len(second.windows.names)].tolist() == [150, 150]
+    after = alert_ids(run(second, events[1000:]))
+    second.close()
+    assert before + after == expected
