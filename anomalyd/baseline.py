@@ -56,7 +56,9 @@ class HstDetector(Detector):
         slot.last_report = FitReport(len(slot.buffer), 0, float("nan"), float("nan"))
         return slot.last_report
 
-    def score(self, model_id: str, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def score(
+        self, model_id: str, windows: np.ndarray, keys: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Score, then learn, the newest value of each window, in order."""
         forest = self.forests.get(model_id)
         if forest is None:

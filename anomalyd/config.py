@@ -125,6 +125,7 @@ class ModelConfig(_Section):
     threads: int | None = Field(None, ge=1, le=1024)
     score_batch_size: int = Field(512, ge=1)
     score_steps: int = Field(1, ge=1, le=4096)
+    carry_state: bool = False
 
 
 class TrainingConfig(_Section):
@@ -354,6 +355,11 @@ class Config(_Section):
         most = length - 1 - (length - 1) // 4  # predictions past the forecaster's burn-in
         if steps > 1 and self.detector != "forecaster":
             raise ValueError(f"model.score_steps ({steps}) applies to detector: forecaster only")
+        if self.model.carry_state and (self.detector != "forecaster" or steps > 1 or self.window.stride > 1):
+            raise ValueError(
+                "model.carry_state (true) needs detector: forecaster, model.score_steps 1 and "
+                "window.stride 1: the state reads every value of its key, one at a time"
+            )
         if steps > most:
             raise ValueError(
                 f"model.score_steps ({steps}) must be <= {most} for window.length {length}: "

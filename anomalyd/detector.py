@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from river.drift import ADWIN
 
+from anomalyd.carry import CarriedStates
 from anomalyd.config import ModelConfig, RetrainingConfig, TrainingConfig
 from anomalyd.model import Kind, ModelArgs, WindowModel, build_model, resolve_device, window_errors
 from anomalyd.training import Candidate, FitReport, challenge, fit
@@ -105,6 +106,7 @@ class ModelSlot:
     drift: DriftMonitor | None = None
     drifted: bool = False
     job: RetrainJob | None = None
+    carried: CarriedStates | None = None  # ``model.carry_state``: each key's forecaster state
 
 
 class Detector:
@@ -156,6 +158,8 @@ class Detector:
         slot = self.slots.get(model_id)
         if slot is None:
             slot = self.slots[model_id] = ModelSlot(buffer=deque(maxlen=self.training.max_windows))
+            if self.config.carry_state:
+                slot.carried = CarriedStates(self.args)
         return slot
 
     def remember(self, model_id: str, key_index: int, window: np.ndarray) -> None:
@@ -177,11 +181,22 @@ class Detector:
         self._reset_schedule(slot)
         return slot.last_report
 
-    def score(self, model_id: str, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Scores (N,) and per-feature errors (N, F) of windows (N, T, F) under ``model_id``."""
-        model = self.slots[model_id].model
+    def score(
+        self, model_id: str, windows: np.ndarray, keys: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (N,) and per-feature errors (N, F) of windows (N, T, F) under ``model_id``.
+
+        ``keys`` (N,), the windows' keys' rows in stream order, says that these are the live
+        windows of those keys: with ``model.carry_state`` each is then scored from its key's
+        carried state, one recurrent step, and the state moves on. Without it (training and
+        calibration windows) every window is read whole.
+        """
+        slot = self.slots[model_id]
+        model = slot.model
         if model is None:
             raise RuntimeError(f"model {model_id!r} has not been trained")
+        if keys is not None and slot.carried is not None and len(windows):
+            return slot.carried.score(model, slot.version, windows, keys)
         data = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))  # (N, T, F), no copy
         n = len(windows)
         scores = np.empty(n, dtype=np.float32)
@@ -212,6 +227,12 @@ class Detector:
                 initargs=(1,),
             )
         return self._scorers
+
+    def forget_keys(self, model_id: str, keys: list[int]) -> None:
+        """Drop the carried states of ``keys`` (they left this consumer)."""
+        slot = self.slots.get(model_id)
+        if slot is not None and slot.carried is not None:
+            slot.carried.reset(keys)
 
     def is_trained(self, model_id: str) -> bool:
         slot = self.slots.get(model_id)
@@ -334,6 +355,7 @@ class Detector:
                 "job": None
                 if job is None
                 else {"data": job.data, "seed": job.seed, "swap_at": job.swap_at, "reason": job.reason},
+                "carried": None if slot.carried is None else slot.carried.get_state(),
             }
         return slots
 
@@ -358,6 +380,8 @@ class Detector:
             if saved["drift"] is not None and self.retraining.on_drift:
                 slot.drift = DriftMonitor(self.retraining.drift_delta, np.asarray(saved["drift"]))
             slot.drifted = bool(saved["drifted"])
+            if slot.carried is not None and saved.get("carried") is not None:
+                slot.carried.set_state(saved["carried"])
             job = saved["job"]
             if job is not None:
                 data = np.asarray(job["data"], dtype=np.float32)

@@ -144,6 +144,8 @@ class Pipeline:
             self.features.forget(state.index)
             if self.config.model.scope == "per_key":
                 self.detector.slots.pop(state.model_id, None)
+            else:
+                self.detector.forget_keys(state.model_id, [state.index])
 
     def process(self, batch: Batch) -> BatchResult:
         """Features, windows and forward passes for the whole batch at once (arrays); then
@@ -308,10 +310,13 @@ class Pipeline:
             learnable = not anomalous and sequence >= state.quarantine
             if observe(state.model_id, score, learnable, state.index, views[row]):
                 model_id = state.model_id
-                out.retrained.append(self._swap(model_id))
-                rest = [j for j in by_model[model_id] if j > i]
+                outcome = self._swap(model_id)
+                out.retrained.append(outcome)
+                # A new live model scores the rest of the batch again (a kept one already has;
+                # with carried states, scoring again would read those values twice).
+                rest = [j for j in by_model[model_id] if j > i] if outcome.promoted else []
                 if rest:
-                    rescored, errors[rest] = self._forward(model_id, [rows[j] for j in rest], windows.stack)
+                    rescored, errors[rest] = self._forward(model_id, [rows[j] for j in rest], windows)
                     for j, value in zip(rest, rescored.tolist(), strict=True):
                         item_scores[j] = value
         if decided:
@@ -330,14 +335,15 @@ class Pipeline:
         errors = np.empty((len(rows), self.features.n_features))
         scores = np.empty(len(rows))
         for model_id, items in by_model.items():
-            scores[items], errors[items] = self._forward(model_id, [rows[i] for i in items], windows.stack)
+            scores[items], errors[items] = self._forward(model_id, [rows[i] for i in items], windows)
         return by_model, scores.tolist(), errors
 
-    def _forward(self, model_id: str, rows: list[int], stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and per-feature errors of windows ``rows`` of ``stack`` (increasing rows);
-        all of them in order is the stack itself, not a copy."""
-        windows = stack if len(rows) == len(stack) else stack[rows]
-        return self.detector.score(model_id, windows)
+    def _forward(self, model_id: str, rows: list[int], windows: _Windows) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and per-feature errors of windows ``rows`` (increasing) of a batch, its
+        keys' live windows; all of them in order is the stack itself, not a copy."""
+        stack = windows.stack if len(rows) == len(windows.stack) else windows.stack[rows]
+        keys = np.fromiter((windows.states[r].index for r in rows), dtype=np.int64, count=len(rows))
+        return self.detector.score(model_id, stack, keys)
 
     def _swap(self, model_id: str) -> RetrainOutcome:
         """Swap in a due candidate and move its keys' thresholds to its score scale.

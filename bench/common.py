@@ -207,10 +207,17 @@ def detector_option(parser: argparse.ArgumentParser) -> None:
         "--detector", choices=["autoencoder", "forecaster"], default="autoencoder", help="the model timed"
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
+    parser.add_argument(
+        "--carry-state", action="store_true", help="with model.carry_state: one step per event (forecaster)"
+    )
 
 
 def replay_config(
-    batch_size: int = 1024, detector: str = "autoencoder", device: str = "cpu", **sections: dict[str, Any]
+    batch_size: int = 1024,
+    detector: str = "autoencoder",
+    device: str = "cpu",
+    carry_state: bool = False,
+    **sections: dict[str, Any],
 ) -> Any:
     """The default config (window 64, hidden 32, one feature), shared scope, a short warm-up;
     ``detector`` the model that scores, on ``device``.
@@ -224,7 +231,7 @@ def replay_config(
 
     data: dict[str, Any] = {
         "input": {"key_field": "key", "batch_size": batch_size},
-        "model": {"scope": "shared", "threads": 1, "device": device},
+        "model": {"scope": "shared", "threads": 1, "device": device, "carry_state": carry_state},
         "training": {"warmup_events": WINDOW, "epochs": EPOCHS},
         "output": {"alerts": []},
         "logging": {"level": "warning"},
@@ -277,10 +284,12 @@ class _Switch:
         original_score, original_fit = detector.Detector.score, detector.fit
         switch = self
 
-        def score(self: Any, model_id: str, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def score(
+            self: Any, model_id: str, windows: np.ndarray, keys: np.ndarray | None = None
+        ) -> tuple[np.ndarray, np.ndarray]:
             if switch.use_model or switch.last is None:
                 self.workers = switch.workers
-                switch.last = original_score(self, model_id, windows)
+                switch.last = original_score(self, model_id, windows, keys)
                 return switch.last
             scores, errors = switch.last
             n = len(windows)

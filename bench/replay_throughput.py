@@ -69,7 +69,7 @@ def main() -> None:
         profile(args.smoke)
         return
     header(
-        f"replay throughput ({args.detector}, {args.device}): "
+        f"replay throughput ({args.detector}{', carried state' if args.carry_state else ''}, {args.device}): "
         "anomalyd.app.replay vs river HST and a rolling z-score",
         args.smoke,
     )
@@ -83,7 +83,7 @@ def main() -> None:
             path = Path(tmp) / f"stream-{keys}.csv"
             write_stream_csv(path, values)
             modes = (MODEL_1, MODEL_2, NO_MODEL)
-            config = replay_config(batch_size, args.detector, args.device)
+            config = replay_config(batch_size, args.detector, args.device, args.carry_state)
             run = replay_steady(path, config, modes, block, Path(tmp), budget_s, 10)
             path.unlink()
             baselines = {

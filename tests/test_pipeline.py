@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from anomalyd.errors import ConfigError
 from anomalyd.events import Event
 from anomalyd.pipeline import Pipeline
 from anomalyd.sources.base import Batch
@@ -185,3 +186,46 @@ def test_a_stride_that_skips_the_last_warmup_event_still_trains():
     scored = np.flatnonzero(np.isfinite(scores))
     assert scored[0] > 150 and set(np.diff(scored)) == {3}
     assert any(400 <= a.sequence <= 402 for a in alerts)
+
+
+def carried_config(**sections):
+    return small_config(
+        detector="forecaster", model={"carry_state": True, **sections.pop("model", {})}, **sections
+    )
+
+
+def test_carried_state_scores_the_first_event_as_the_window_mode_then_goes_on():
+    events = sine_events("k", 500, spikes=(300,))
+    window_scores, _, _, _ = run(Pipeline(small_config(detector="forecaster")), events)
+    carried = Pipeline(carried_config())
+    scores, _, alerts, _ = run(carried, events)
+    first = int(np.flatnonzero(np.isfinite(scores))[0])
+    # The state is primed from the window at the first scored event: the same computation.
+    assert scores[first] == pytest.approx(window_scores[first], rel=1e-5)
+    assert np.isfinite(scores[first:]).all()
+    assert 300 in [a.sequence for a in alerts]
+    assert scores[300] > 10 * np.nanmedian(scores[first:300])
+    carried_state = carried.detector.slots["k"].carried
+    assert carried_state is not None and carried_state.version.tolist()[:1] == [1]
+
+
+@pytest.mark.parametrize("scope", ["per_key", "shared"])
+def test_carried_state_does_not_depend_on_batch_size_or_retraining_swaps(scope):
+    events = [
+        e for pair in zip(sine_events("a", 700, (300,)), sine_events("b", 700, (450,), seed=1)) for e in pair
+    ]
+    retraining = {"every_events": 200, "on_drift": False, "min_windows": 50, "swap_after_events": 40}
+    cfg = carried_config(model={"scope": scope}, retraining=retraining)
+    ref_scores, _, ref_alerts, ref = run(Pipeline(cfg), events, size=1000)
+    assert any(o.promoted for r in ref for o in r.retrained), "a retrained model went live"
+    for size in (1, 37):
+        scores, _, alerts, _ = run(Pipeline(cfg), events, size=size)
+        np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-6, equal_nan=True)
+        assert [a.alert_id for a in alerts] == [a.alert_id for a in ref_alerts]
+
+
+def test_carried_state_needs_the_forecaster_one_step_and_no_stride():
+    with pytest.raises(ConfigError, match=r"model\.carry_state"):
+        small_config(model={"carry_state": True})
+    with pytest.raises(ConfigError, match=r"model\.carry_state"):
+        small_config(detector="forecaster", model={"carry_state": True}, window={"stride": 2})
