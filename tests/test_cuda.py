@@ -32,15 +32,17 @@ def run(pipeline, stream):
     return [pipeline.process(b) for b in batches(stream, 64)]
 
 
-def config(device: str, detector: str = "autoencoder", **sections):
-    return small_config(detector=detector, model={"device": device}, **sections)
+def config(device: str, detector: str = "autoencoder", carry: bool = False, **sections):
+    return small_config(detector=detector, model={"device": device, "carry_state": carry}, **sections)
 
 
-@pytest.mark.parametrize("detector", ["autoencoder", "forecaster"])
-def test_cuda_scores_agree_with_the_cpu_and_find_the_spikes(detector):
+@pytest.mark.parametrize(
+    ("detector", "carry"), [("autoencoder", False), ("forecaster", False), ("forecaster", True)]
+)
+def test_cuda_scores_agree_with_the_cpu_and_find_the_spikes(detector, carry):
     scores = {}
     for device in ("cpu", "cuda"):
-        pipeline = Pipeline(config(device, detector))
+        pipeline = Pipeline(config(device, detector, carry))
         results = run(pipeline, events())
         pipeline.close()
         assert pipeline.detector.device.type == device
@@ -56,8 +58,9 @@ def test_cuda_scores_agree_with_the_cpu_and_find_the_spikes(detector):
     assert np.corrcoef(scores["cuda"][ready], scores["cpu"][ready])[0, 1] > 0.95
 
 
-def test_cuda_retraining_snapshot_resume_and_checkpoint(tmp_path):
-    cfg = config("cuda", retraining=RETRAIN)
+@pytest.mark.parametrize("carry", [False, True])
+def test_cuda_retraining_snapshot_resume_and_checkpoint(tmp_path, carry):
+    cfg = config("cuda", "forecaster" if carry else "autoencoder", carry, retraining=RETRAIN)
     stream = events()
     whole = Pipeline(cfg)
     results = run(whole, stream)
