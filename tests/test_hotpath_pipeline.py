@@ -20,7 +20,9 @@ from .helpers import batches, sine_events, small_config
 class WindowSumDetector(Detector):
     """Scores a window by its mean square (per feature: the errors); trains as usual."""
 
-    def score(self, model_id: str, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def score(
+        self, model_id: str, windows: np.ndarray, keys: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if self.slots[model_id].model is None:
             raise RuntimeError(f"model {model_id!r} has not been trained")
         per_feature = (windows.astype(np.float64) ** 2).mean(axis=1)
