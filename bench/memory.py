@@ -46,7 +46,9 @@ BATCH = 1024
 MIB = 1024 * 1024
 
 
-def stub_score(self: Any, model_id: str, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def stub_score(
+    self: Any, model_id: str, windows: np.ndarray, keys: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """A z-score in place of the forward pass: the squared newest normalised value."""
     newest = windows[:, -1, :].astype(np.float64)  # (N, F)
     per_feature = newest * newest

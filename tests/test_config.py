@@ -21,7 +21,7 @@ def test_shipped_configs_are_valid(name):
     ("text", "expected"),
     [
         ("model: {hidden_size: -1}", "model.hidden_size: got -1, expected a value >= 1"),
-        ("model: {hiden_size: 3}", "model.hiden_size: unknown key (expected one of: cell,"),
+        ("model: {hiden_size: 3}", "model.hiden_size: unknown key (expected one of: carry_state, cell,"),
         (
             "threshold: {method: median}",
             "threshold.method: got 'median', expected one of 'quantile', 'ewma', 'spot', 'likelihood' or "
