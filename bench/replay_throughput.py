@@ -66,7 +66,7 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0], options)
     quiet_logs()
     if args.profile:
-        profile(args.smoke)
+        profile(args.smoke, replay_config(1024, args.detector, args.device, args.carry_state))
         return
     header(
         f"replay throughput ({args.detector}{', carried state' if args.carry_state else ''}, {args.device}): "
@@ -228,7 +228,7 @@ def zscore_rate(values: np.ndarray, limit: int) -> tuple[int, float]:
     return len(stream), time.perf_counter() - started
 
 
-def profile(smoke: bool) -> None:
+def profile(smoke: bool, config: Any) -> None:
     """cProfile over one replay of the 1,000-key case (model, 1 thread): the top costs by own time."""
     keys, steady_per_key = SMOKE[1] if smoke else FULL[1]
     header(f"replay profile: {keys} keys, model on 1 thread, cProfile", smoke)
@@ -237,7 +237,7 @@ def profile(smoke: bool) -> None:
         write_stream_csv(path, stream_values(keys, WINDOW + steady_per_key))
         profiler = cProfile.Profile()
         profiler.enable()
-        run = replay_steady(path, replay_config(), (MODEL_1,), 10**9, Path(tmp))
+        run = replay_steady(path, config, (MODEL_1,), 10**9, Path(tmp))
         profiler.disable()
     stats = pstats.Stats(profiler)
     total = sum(entry[2] for entry in stats.stats.values())  # type: ignore[attr-defined]
