@@ -267,10 +267,10 @@ class Pipeline:
         """Train ``model_id`` on its buffer, then calibrate each key's threshold on its windows
         (unless ``threshold.calibration`` is ``live``: thresholds then learn from new data only)."""
         self.detector.train(model_id)
-        buffer = self.detector.slot(model_id).buffer
-        scores, _ = self.detector.score(model_id, np.stack([w for _, w in buffer]))
         if self.config.threshold.calibration == "live":
             return
+        buffer = self.detector.slot(model_id).buffer
+        scores, _ = self.detector.score(model_id, np.stack([w for _, w in buffer]))
         by_index = {s.index: s for s in self.states.values() if s.model_id == model_id}
         for (index, _), score in zip(buffer, scores, strict=True):
             state = by_index.get(index)
