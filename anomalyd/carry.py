@@ -42,17 +42,11 @@ class CarriedStates:
     def _ensure(self, n: int) -> None:
         if n <= len(self.version):
             return
-        size = max(n, 2 * len(self.version), 16)
-        grown = torch.zeros((size, *self.shape))
-        grown[: len(self.h)] = self.h
-        self.h = grown
+        more = max(n, 2 * len(self.version), 16) - len(self.version)
+        self.h = torch.cat([self.h, torch.zeros((more, *self.shape))])
         if self.lstm:
-            grown = torch.zeros((size, *self.shape))
-            grown[: len(self.c)] = self.c
-            self.c = grown
-        version = np.full(size, -1, dtype=np.int64)
-        version[: len(self.version)] = self.version
-        self.version = version
+            self.c = torch.cat([self.c, torch.zeros((more, *self.shape))])
+        self.version = np.concatenate([self.version, np.full(more, -1, dtype=np.int64)])
 
     def reset(self, keys: list[int]) -> None:
         """Forget the states of ``keys``: their next event primes a new one."""

@@ -4,8 +4,8 @@ Each value is normalised with its key's running mean and standard deviation *bef
 value itself is counted (Welford's algorithm), so nothing ever looks ahead and a spike does
 not soften itself. With ``normalise="warmup"`` a key's statistics stop learning once they
 hold its first :meth:`WindowStore.freeze` values: a level shift then stays a shift instead
-of being learnt as the new normal. Each key's ring is written twice (at ``i`` and ``i + T``), so the
-newest window is always one contiguous slice: no copy, no wrap-around.
+of being learnt as the new normal. Each key's ring is written twice (at ``i`` and
+``i + T``), so the newest window is always one contiguous slice: no copy, no wrap-around.
 
 >>> store = WindowStore(length=3, n_features=1)
 >>> k = store.index("sensor-1")
