@@ -103,18 +103,16 @@ def test_only_the_newest_are_kept_and_no_temp_files_remain(tmp_path):
     assert store.latest("h", "s").payload["a"].tolist() == list(range(10))
 
 
-def test_forecaster_with_fixed_statistics_resumes_exactly(tmp_path):
-    """The forecaster's weights and the frozen statistics come back from a snapshot."""
-    cfg = small_config(detector="forecaster", window={"normalise": "warmup"}, model={"score_steps": 4})
+def two_keys() -> list:
     events = sine_events("a", 900, spikes=(400, 700)) + sine_events("b", 900, spikes=(600,), seed=1)
-    events.sort(key=lambda e: e.time)
-    whole = Pipeline(cfg)
-    expected = alert_ids(run(whole, events))
-    whole.close()
-    assert expected
+    return sorted(events, key=lambda e: e.time)
 
+
+def resumed(tmp_path, cfg, events, cut):
+    """Run ``events[:cut]``, snapshot, and restore a new pipeline from the file:
+    (the results so far, the restored pipeline)."""
     first = Pipeline(cfg)
-    before = alert_ids(run(first, events[:1000]))
+    before = run(first, events[:cut])
     store = SnapshotStore(tmp_path)
     store.save({"state": first.get_state(), "positions": None}, first.state_hash, "test")
     first.close()
@@ -122,10 +120,23 @@ def test_forecaster_with_fixed_statistics_resumes_exactly(tmp_path):
     assert found is not None
     second = Pipeline(cfg)
     second.set_state(found.payload["state"])
+    return before, second
+
+
+def test_forecaster_with_fixed_statistics_resumes_exactly(tmp_path):
+    """The forecaster's weights and the frozen statistics come back from a snapshot."""
+    cfg = small_config(detector="forecaster", window={"normalise": "warmup"}, model={"score_steps": 4})
+    events = two_keys()
+    whole = Pipeline(cfg)
+    expected = alert_ids(run(whole, events))
+    whole.close()
+    assert expected
+
+    before, second = resumed(tmp_path, cfg, events, 1000)
     assert second.windows._limit[: len(second.windows.names)].tolist() == [150, 150]
-    after = alert_ids(run(second, events[1000:]))
+    after = run(second, events[1000:])
     second.close()
-    assert before + after == expected
+    assert alert_ids(before) + alert_ids(after) == expected
 
 
 def test_carried_forecaster_states_resume_exactly(tmp_path):
@@ -135,8 +146,7 @@ def test_carried_forecaster_states_resume_exactly(tmp_path):
         model={"scope": "shared", "carry_state": True},
         retraining={"every_events": 300, "on_drift": False, "min_windows": 50, "swap_after_events": 60},
     )
-    events = sine_events("a", 900, spikes=(400, 700)) + sine_events("b", 900, spikes=(600,), seed=1)
-    events.sort(key=lambda e: e.time)
+    events = two_keys()
     whole = Pipeline(cfg)
     results = run(whole, events)
     whole.close()
@@ -144,19 +154,11 @@ def test_carried_forecaster_states_resume_exactly(tmp_path):
     scores = np.concatenate([r.scores for r in results])
     assert expected
 
-    first = Pipeline(cfg)
-    before = run(first, events[:1100])
-    store = SnapshotStore(tmp_path)
-    store.save({"state": first.get_state(), "positions": None}, first.state_hash, "test")
-    first.close()
-    found = store.latest(first.state_hash, "test")
-    assert found is not None
-    second = Pipeline(cfg)
-    second.set_state(found.payload["state"])
+    before, second = resumed(tmp_path, cfg, events, 1100)
     carried = second.detector.slots[""].carried
     assert carried is not None and sorted(carried.version[carried.version >= 0].tolist())  # states came back
     after = run(second, events[1100:])
     second.close()
     assert alert_ids(before) + alert_ids(after) == expected
-    resumed = np.concatenate([r.scores for r in before + after])
-    np.testing.assert_allclose(resumed, scores, rtol=1e-6, equal_nan=True)
+    resumed_scores = np.concatenate([r.scores for r in before + after])
+    np.testing.assert_allclose(resumed_scores, scores, rtol=1e-6, equal_nan=True)
