@@ -5,7 +5,7 @@ import pytest
 
 from anomalyd.alerting import AlertGate
 from anomalyd.config import ThresholdConfig
-from anomalyd.thresholds import EwmaThreshold, QuantileThreshold, SpotThreshold, make_threshold
+from anomalyd.thresholds import EwmaThreshold, QuantileThreshold, SpotThreshold, make_threshold, quantile
 
 METHODS = ["quantile", "ewma", "spot", "dspot", "likelihood"]
 
@@ -58,6 +58,22 @@ def test_quantile_matches_numpy_on_its_window():
         th.update(float(s))
     # refreshed every window // 128 = 1 update here, so exact
     assert th.value == pytest.approx(1.5 * float(np.quantile(scores[-100:], 0.9)), rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_quantile_is_numpys_bit_for_bit(dtype):
+    rng = np.random.default_rng(3)
+    for trial in range(600):
+        n = int(rng.integers(1, 300))
+        values = (rng.exponential(1.0, n) * rng.uniform(0.01, 100.0)).astype(dtype)
+        if trial % 5 == 0:
+            values = np.round(values, 1)  # ties
+        if trial % 40 == 0:
+            values[rng.integers(0, n)] = np.nan
+        q = [0.0, 0.5, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0][trial % 8]
+        expected, got = np.quantile(values, q), quantile(values.copy(), q)
+        assert type(got) is type(expected)
+        assert got == expected or (np.isnan(got) and np.isnan(expected)), (n, q)
 
 
 def test_ewma_clips_outliers_so_one_incident_does_not_hide_the_next():
