@@ -93,7 +93,7 @@ class CarriedStates:
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
             top = (state[0] if self.lstm else state)[-1]  # (K, H): the newest layer's state
             hidden = torch.cat([top.unsqueeze(1), out[:, :-1]], dim=1)  # before each value
-            errors = (head(hidden) - x).pow(2).cpu().numpy()  # (K, run, F)
+            errors = model.relative((head(hidden) - x).pow(2)).cpu().numpy()  # (K, run, F)
             self._put(uniq, after)
         self.version[uniq] = version
         per_feature = np.empty((n, F), dtype=np.float32)

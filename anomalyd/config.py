@@ -126,6 +126,7 @@ class ModelConfig(_Section):
     score_batch_size: int = Field(512, ge=1)
     score_steps: int = Field(1, ge=1, le=4096)
     carry_state: bool = False
+    normalise_errors: bool = False
 
 
 class TrainingConfig(_Section):
@@ -359,6 +360,12 @@ class Config(_Section):
             raise ValueError(
                 "model.carry_state (true) needs detector: forecaster, model.score_steps 1 and "
                 "window.stride 1: the state reads every value of its key, one at a time"
+            )
+        if self.model.normalise_errors and (self.detector == "hst" or self.threshold.calibration != "live"):
+            raise ValueError(
+                "model.normalise_errors (true) needs detector: autoencoder or forecaster and "
+                "threshold.calibration: live: each feature's typical error is measured on the "
+                "first live windows, which then calibrate the threshold"
             )
         if steps > most:
             raise ValueError(

@@ -30,6 +30,7 @@ from river.drift import ADWIN
 from anomalyd.carry import CarriedStates
 from anomalyd.config import ModelConfig, RetrainingConfig, TrainingConfig
 from anomalyd.model import Kind, ModelArgs, WindowModel, build_model, resolve_device, window_errors
+from anomalyd.scaling import ScaleMeasurement, hand_over_scale
 from anomalyd.training import Candidate, FitReport, challenge, fit
 
 SHARED = ""
@@ -107,6 +108,7 @@ class ModelSlot:
     drifted: bool = False
     job: RetrainJob | None = None
     carried: CarriedStates | None = None  # ``model.carry_state``: each key's forecaster state
+    measuring: ScaleMeasurement | None = None  # ``model.normalise_errors``: until the scale is set
 
 
 class Detector:
@@ -136,6 +138,7 @@ class Detector:
             dropout=model.dropout,
             kind=kind,
             score_steps=model.score_steps,
+            normalise_errors=model.normalise_errors,
         )
         self.device = resolve_device(model.device)
         # Scoring threads, each with one torch thread, each scoring its own part of a batch:
@@ -178,8 +181,34 @@ class Detector:
         finally:
             torch.set_num_threads(scoring_threads)
         slot.version += 1
+        slot.measuring = ScaleMeasurement() if self.args.normalise_errors else None
         self._reset_schedule(slot)
         return slot.last_report
+
+    def measure(
+        self, model_id: str, key_index: int, errors: np.ndarray, needed: int
+    ) -> list[tuple[int, float]] | None:
+        """Count a live window's raw per-feature errors (F,) towards the model's error scale
+        (:mod:`anomalyd.scaling`); the ``needed``-th sets it and returns each counted
+        window's key and score under it."""
+        slot = self.slots[model_id]
+        assert slot.measuring is not None and slot.model is not None
+        measured = slot.measuring.add(key_index, errors, needed, slot.model)
+        if measured is not None:
+            slot.measuring = None
+        return measured
+
+    def error_scale(self, model_id: str) -> np.ndarray:
+        """The model's error scale (F,): NaN while it is measured."""
+        model = self.slots[model_id].model
+        assert model is not None
+        return np.asarray(model.error_scale.cpu().numpy(), dtype=np.float64)
+
+    def hand_over_scale(self, model_id: str, model: WindowModel, windows: np.ndarray | None) -> None:
+        """Give ``model``, about to replace the live one (a rollback), the live one's error scale."""
+        live = self.slots[model_id].model
+        assert live is not None
+        hand_over_scale(live, model, windows, self.device)
 
     def score(
         self, model_id: str, windows: np.ndarray, keys: np.ndarray | None = None
@@ -263,7 +292,8 @@ class Detector:
 
     def _trigger(self, slot: ModelSlot) -> str | None:
         cfg = self.retraining
-        if not cfg.enabled or len(slot.buffer) < cfg.min_windows:
+        # Not before the error scale is measured: a candidate takes over the live model's.
+        if not cfg.enabled or len(slot.buffer) < cfg.min_windows or slot.measuring is not None:
             return None
         if cfg.every_events is not None and slot.since_training >= cfg.every_events:
             return "events"
@@ -356,6 +386,7 @@ class Detector:
                 if job is None
                 else {"data": job.data, "seed": job.seed, "swap_at": job.swap_at, "reason": job.reason},
                 "carried": None if slot.carried is None else slot.carried.get_state(),
+                "measuring": None if slot.measuring is None else slot.measuring.get_state(),
             }
         return slots
 
@@ -382,6 +413,8 @@ class Detector:
             slot.drifted = bool(saved["drifted"])
             if slot.carried is not None and saved.get("carried") is not None:
                 slot.carried.set_state(saved["carried"])
+            if saved.get("measuring") is not None:
+                slot.measuring = ScaleMeasurement.from_state(saved["measuring"])
             job = saved["job"]
             if job is not None:
                 data = np.asarray(job["data"], dtype=np.float32)

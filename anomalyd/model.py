@@ -2,7 +2,8 @@
 
 Both read a window (B, T, F) of normalised values and say how unusual it is as a squared
 error per feature (B, F); the mean over features is the score, the per-feature errors say
-which feature was unusual.
+which feature was unusual. With ``normalise_errors`` each feature's error is first divided by
+its typical error (the ``error_scale`` buffer, measured live: :mod:`anomalyd.scaling`).
 
 - :class:`Autoencoder` (``detector: autoencoder``): the encoder keeps its last hidden state
   as the code; the decoder unrolls that code back over T steps and a linear head maps each
@@ -29,6 +30,7 @@ which feature was unusual.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -52,6 +54,7 @@ class ModelArgs:
     dropout: float = 0.0
     kind: Kind = "autoencoder"
     score_steps: int = 1  # forecaster: the score averages the newest values' errors
+    normalise_errors: bool = False  # each feature's error over its typical one (anomalyd.scaling)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +65,21 @@ class WindowModel(nn.Module):
     the squared error of each feature."""
 
     args: ModelArgs
+    error_scale: torch.Tensor  # (F,) with ``normalise_errors``; NaN until measured
+
+    def _register_error_scale(self) -> None:
+        """A buffer, so the scale travels in ``state_dict`` (checkpoints, snapshots) with the
+        weights it belongs to; absent without ``normalise_errors``, so older checkpoints load.
+        NaN until :func:`set_error_scale` sets it: until then errors are left as they are."""
+        if self.args.normalise_errors:
+            self.register_buffer("error_scale", torch.full((self.args.n_features,), math.nan))
+
+    def relative(self, errors: torch.Tensor) -> torch.Tensor:
+        """Squared errors (..., F) as multiples of each feature's typical error, with
+        ``normalise_errors`` and a measured scale; else unchanged."""
+        if not self.args.normalise_errors:
+            return errors
+        return errors / torch.nan_to_num(self.error_scale, nan=1.0)
 
     def _rnn(self, n_inputs: int) -> nn.Module:
         args = self.args
@@ -109,6 +127,7 @@ class Autoencoder(WindowModel):
         self.encoder = self._rnn(args.n_features)
         self.decoder = self._rnn(args.hidden_size)
         self.head = nn.Linear(args.hidden_size, args.n_features)
+        self._register_error_scale()
         self._init_weights(generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,6 +163,7 @@ class Forecaster(WindowModel):
         self.rnn = self._rnn(args.n_features)
         self.head = nn.Linear(args.hidden_size, args.n_features)
         self.burn_in = (args.window_length - 1) // 4
+        self._register_error_scale()
         self._init_weights(generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,10 +187,38 @@ def build_model(args: ModelArgs, generator: torch.Generator | None = None) -> Wi
 
 
 def window_errors(model: WindowModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores (B,) and per-feature errors (B, F) for windows ``x`` (B, T, F), without grad."""
+    """Scores (B,) and per-feature errors (B, F) for windows ``x`` (B, T, F), without grad;
+    with ``normalise_errors`` both are relative to each feature's typical error."""
     with torch.inference_mode():
-        per_feature = model.errors(x)  # (B, F)
+        per_feature = model.relative(model.errors(x))  # (B, F)
     return per_feature.mean(dim=1), per_feature
+
+
+def set_error_scale(model: WindowModel, typical: torch.Tensor) -> None:
+    """Make ``typical`` (F,), each feature's mean squared error on normal data, the model's
+    error scale. Floored at a thousandth of the features' mean: a feature the model
+    reproduces almost exactly (a constant sensor) weighs at most a thousand others."""
+    typical = typical.to(model.error_scale)
+    floor = torch.clamp(typical.mean() * 1e-3, min=torch.finfo(typical.dtype).tiny)
+    model.error_scale.copy_(torch.maximum(typical, floor))
+
+
+def mean_feature_errors(model: WindowModel, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Each feature's mean squared error (F,) over windows ``x`` (N, T, F), not normalised."""
+    with torch.inference_mode():
+        total = torch.zeros(model.args.n_features, device=x.device)
+        for start in range(0, len(x), batch_size):
+            total += model.errors(x[start : start + batch_size]).sum(dim=0)
+    return total / max(len(x), 1)
+
+
+def transfer_error_scale(new: WindowModel, old: WindowModel, x: torch.Tensor) -> None:
+    """Give ``new`` the scale of ``old`` (a live model's, measured on live data), moved by how
+    much more or less ``new`` errs per feature on the same windows ``x`` (N, T, F): its
+    normalised errors then mean what ``old``'s did, and thresholds need no new calibration.
+    An unmeasured (NaN) scale stays unmeasured."""
+    ratio = mean_feature_errors(new, x) / mean_feature_errors(old, x).clamp_min(torch.finfo(x.dtype).tiny)
+    new.error_scale.copy_(old.error_scale * ratio.to(old.error_scale))
 
 
 def resolve_device(name: str) -> torch.device:

@@ -290,16 +290,23 @@ class Pipeline:
         by_model, item_scores, errors = self._score_rows(rows, windows)
         states, positions, sequences = windows.states, windows.positions, windows.sequences
         views, observe = list(windows.stack), self.detector.observe  # one view per window, made in C
+        slots, normalise = self.detector.slots, self.config.model.normalise_errors
         decided: list[tuple[int, float, float, bool]] = []  # written to ``out`` at the end
         for i, (row, decides) in enumerate(zip(rows, decide, strict=True)):
             state, score = states[row], item_scores[i]
             threshold = state.threshold
-            if not decides:
+            if normalise and slots[state.model_id].measuring is not None:
+                self._measure(state, i, by_model[state.model_id], item_scores, errors)
+                if not decides:
+                    continue
+                score, limit, anomalous = math.nan, math.nan, False  # no scale yet: no score
+            elif not decides:
                 threshold.update(score)
                 continue
-            limit = threshold.value
-            anomalous = threshold.classify(score)
-            threshold.update(score)
+            else:
+                limit = threshold.value
+                anomalous = threshold.classify(score)
+                threshold.update(score)
             position, sequence = positions[row], sequences[row]
             decided.append((position, score, limit, anomalous))
             if state.gate.step(anomalous):
@@ -323,6 +330,29 @@ class Pipeline:
             at, values, limits, flags = zip(*decided, strict=True)
             where = list(at)
             out.scores[where], out.thresholds[where], out.flags[where] = values, limits, flags
+
+    def _measure(
+        self, state: KeyState, i: int, items: list[int], scores: list[float], errors: np.ndarray
+    ) -> None:
+        """Count window ``i`` towards its model's error scale. The window that completes it
+        calibrates the thresholds on the counted windows' scores under the scale (the same
+        windows ``threshold.calibration: live`` would have used) and puts the model's later
+        windows of this batch, ``items`` after ``i``, on it."""
+        model_id = state.model_id
+        needed = self.config.threshold.min_samples
+        measured = self.detector.measure(model_id, state.index, errors[i], needed)
+        if measured is None:
+            return
+        by_index = {s.index: s for s in self.states.values() if s.model_id == model_id}
+        for index, score in measured:
+            owner = by_index.get(index)
+            if owner is not None:  # None: the key was forgotten after a rebalance
+                owner.threshold.update(score)
+        later = [j for j in items if j > i]
+        if later:
+            errors[later] /= self.detector.error_scale(model_id)
+            for j in later:
+                scores[j] = float(errors[j].mean())
 
     def _score_rows(
         self, rows: list[int], windows: _Windows
@@ -367,6 +397,8 @@ class Pipeline:
         slot = self.detector.slots[model_id]
         windows = np.stack([w for _, w in slot.buffer]) if slot.buffer else None
         before = self.detector.score(model_id, windows)[0].mean() if windows is not None else 1.0
+        if self.config.model.normalise_errors:
+            self.detector.hand_over_scale(model_id, model, windows)
         slot.model = model
         slot.version += 1
         after = self.detector.score(model_id, windows)[0].mean() if windows is not None else 1.0

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from anomalyd.config import TrainingConfig
-from anomalyd.model import ModelArgs, WindowModel, build_model, window_errors
+from anomalyd.model import ModelArgs, WindowModel, build_model, transfer_error_scale, window_errors
 
 
 class CancelledError(Exception):
@@ -98,12 +98,19 @@ def challenge(
     champion: WindowModel,
     cancel: threading.Event | None = None,
 ) -> Candidate:
-    """Train a candidate on ``windows`` and score the champion on the candidate's held-back tenth."""
+    """Train a candidate on ``windows`` and score the champion on the candidate's held-back tenth.
+
+    With ``normalise_errors`` the candidate takes the champion's error scale, moved by how
+    much more or less it errs per feature on the held-back windows (all, when none are).
+    """
     model, report = fit(args, windows, config, seed, device, cancel)
     n_val = validation_size(len(windows))
+    held = windows[-n_val:] if n_val else windows
+    val = torch.from_numpy(np.ascontiguousarray(held, dtype=np.float32)).to(device)
+    if args.normalise_errors:
+        transfer_error_scale(model, champion, val)
     if n_val == 0:
         return Candidate(model, report, math.nan, 1.0)
-    val = torch.from_numpy(np.ascontiguousarray(windows[-n_val:], dtype=np.float32)).to(device)
     with torch.inference_mode():
         champion_loss = float(champion.loss(val))
     champion_mean = float(window_errors(champion, val)[0].mean())

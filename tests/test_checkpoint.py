@@ -98,3 +98,13 @@ def test_service_saves_a_checkpoint_per_live_model_and_cli_lists_them(tmp_path):
         timeout=60,
     )
     assert shown.returncode == 0 and "hidden_size: 8" in shown.stdout
+
+
+def test_the_error_scale_is_saved_with_the_weights(tmp_path):
+    args = ModelArgs(n_features=2, window_length=8, hidden_size=4, normalise_errors=True)
+    model = Autoencoder(args)
+    model.error_scale.copy_(torch.tensor([0.5, 2.0]))
+    loaded, _ = load_model(save_model(tmp_path, "k", 1, model, {}), expected=args)
+    assert loaded.error_scale.tolist() == [0.5, 2.0]
+    with pytest.raises(ModelError, match="was made for"):  # a checkpoint without it is another model
+        load_model(save_model(tmp_path, "k", 2, Autoencoder(ARGS), {}), expected=args)

@@ -5,7 +5,17 @@ import pytest
 import torch
 
 from anomalyd.config import TrainingConfig
-from anomalyd.model import Autoencoder, Forecaster, ModelArgs, build_model, resolve_device, window_errors
+from anomalyd.model import (
+    Autoencoder,
+    Forecaster,
+    ModelArgs,
+    build_model,
+    mean_feature_errors,
+    resolve_device,
+    set_error_scale,
+    transfer_error_scale,
+    window_errors,
+)
 from anomalyd.training import fit
 
 CELLS = ["lstm", "gru", "rnn"]
@@ -139,3 +149,57 @@ def test_forecaster_score_steps_average_the_newest_errors():
     assert torch.allclose(per_feature, expected, atol=1e-6)
     one = build_model(ModelArgs(2, 12, 4, kind="forecaster"), torch.Generator().manual_seed(0))
     assert not torch.allclose(window_errors(one, x)[1], per_feature)  # same weights, newest error only
+
+
+def noisy_pair_windows(n=200, length=16, seed=0):
+    """Feature 0 a clean sine, feature 1 loud noise: its error is some 100x feature 0's."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n + length)
+    x = np.stack([np.sin(t / 5) + rng.normal(0, 0.05, len(t)), rng.normal(0, 10.0, len(t))], axis=1)
+    return np.stack([x[i : i + length] for i in range(n)]).astype(np.float32)
+
+
+def test_normalised_errors_keep_a_loud_feature_from_drowning_a_quiet_ones_anomaly():
+    args = ModelArgs(n_features=2, window_length=16, hidden_size=8, normalise_errors=True)
+    model = build_model(args, torch.Generator().manual_seed(0)).eval()
+    normal = torch.from_numpy(noisy_pair_windows(seed=1))
+    shifted = normal.clone()
+    shifted[:, -4:, 0] += 3.0  # the quiet feature's newest values move by 60 of its noise's sigmas
+
+    def separated() -> float:  # share of shifted windows scoring above every normal one
+        highest = window_errors(model, normal)[0].max()
+        return float((window_errors(model, shifted)[0] > highest).float().mean())
+
+    assert torch.isnan(model.error_scale).all()  # not measured yet: errors as they are
+    typical = mean_feature_errors(model, normal)
+    assert typical[1] > 100 * typical[0]
+    raw = separated()
+    set_error_scale(model, typical)
+    scores, per_feature = window_errors(model, normal)
+    assert torch.allclose(per_feature.mean(dim=0), torch.ones(2), rtol=1e-4)  # each feature: 1 on average
+    assert torch.allclose(scores, per_feature.mean(dim=1))
+    assert raw < 0.2 and separated() > 0.95, (raw, separated())
+
+
+def test_error_scale_is_floored_and_kept_in_the_state_dict():
+    args = ModelArgs(n_features=3, window_length=4, hidden_size=4, normalise_errors=True)
+    model = build_model(args)
+    set_error_scale(model, torch.tensor([0.0, 1.0, 2.0]))
+    assert model.error_scale.tolist() == pytest.approx([1e-3, 1.0, 2.0])  # a thousandth of the mean
+    copy = build_model(args)
+    copy.load_state_dict(model.state_dict())
+    assert torch.equal(copy.error_scale, model.error_scale)
+    assert "error_scale" not in build_model(ModelArgs(3, 4, 4)).state_dict()  # older checkpoints load
+
+
+def test_a_new_model_takes_over_the_scale_so_its_errors_mean_the_same():
+    args = ModelArgs(n_features=2, window_length=16, hidden_size=8, normalise_errors=True)
+    windows = torch.from_numpy(noisy_pair_windows(n=60))
+    old = build_model(args, torch.Generator().manual_seed(0))
+    new = build_model(args, torch.Generator().manual_seed(1))
+    set_error_scale(old, torch.tensor([0.5, 4.0]))
+    transfer_error_scale(new, old, windows)
+    before = window_errors(old, windows)[1].mean(dim=0)
+    after = window_errors(new, windows)[1].mean(dim=0)
+    assert torch.allclose(before, after, rtol=1e-4)
+    assert not torch.allclose(new.error_scale, old.error_scale)

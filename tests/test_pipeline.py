@@ -229,3 +229,59 @@ def test_carried_state_needs_the_forecaster_one_step_and_no_stride():
         small_config(model={"carry_state": True})
     with pytest.raises(ConfigError, match=r"model\.carry_state"):
         small_config(detector="forecaster", model={"carry_state": True}, window={"stride": 2})
+
+
+def normalised_config(**sections):
+    threshold = {"calibration": "live", **sections.pop("threshold", {})}
+    model = {"normalise_errors": True, **sections.pop("model", {})}
+    return small_config(model=model, threshold=threshold, **sections)
+
+
+def test_normalised_errors_are_measured_on_the_first_live_windows_then_scored():
+    events = sine_events("k", 500, spikes=(320,), features=3)
+    pipeline = Pipeline(normalised_config(input={"value_fields": ["a", "b", "c"]}))
+    scores, _, alerts, _ = run(pipeline, events, size=37)
+    # min_samples (20) windows after warm-up (150) measure the scale; then every row is scored.
+    assert np.isnan(scores[:170]).all() and np.isfinite(scores[170:]).all()
+    model = pipeline.detector.slots["k"].model
+    assert model is not None and torch.isfinite(model.error_scale).all()
+    assert pipeline.states["k"].threshold.value > 0  # calibrated on the measuring windows' scores
+    assert np.median(scores[170:300]) == pytest.approx(1.0, abs=0.5)  # each feature's error over its typical
+    alert = next(a for a in alerts if 320 <= a.sequence <= 322)
+    assert alert.top_features[0]["feature"] == "c"
+
+
+@pytest.mark.parametrize(("detector", "carry"), [("autoencoder", False), ("forecaster", True)])
+def test_normalised_errors_do_not_depend_on_batch_size_or_retraining_swaps(detector, carry):
+    """Shared scope: both keys' windows measure the scale, one of them completes it mid-batch."""
+    events = [
+        e for pair in zip(sine_events("a", 700, (300,)), sine_events("b", 700, (450,), seed=1)) for e in pair
+    ]
+    retraining = {"every_events": 200, "on_drift": False, "min_windows": 50, "swap_after_events": 40}
+    model = {"scope": "shared", "carry_state": carry}
+    cfg = normalised_config(detector=detector, model=model, retraining=retraining)
+    ref_scores, _, ref_alerts, ref = run(Pipeline(cfg), events, size=1000)
+    assert any(o.promoted for r in ref for o in r.retrained), "a retrained model went live"
+    assert ref_alerts
+    scores, _, alerts, _ = run(Pipeline(cfg), events, size=37)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-6, equal_nan=True)
+    assert [a.alert_id for a in alerts] == [a.alert_id for a in ref_alerts]
+
+
+def test_a_rolled_back_model_takes_over_the_live_error_scale():
+    pipeline = Pipeline(normalised_config(retraining={"enabled": False}))
+    run(pipeline, sine_events("k", 300))
+    slot = pipeline.detector.slots["k"]
+    windows = np.stack([w for _, w in slot.buffer])
+    before = pipeline.detector.score("k", windows)[1].mean(axis=0)
+    other = type(slot.model)(slot.model.args, torch.Generator().manual_seed(5)).eval()
+    pipeline.install("k", other)
+    after = pipeline.detector.score("k", windows)[1].mean(axis=0)
+    np.testing.assert_allclose(after, before, rtol=1e-4)
+
+
+def test_normalised_errors_need_live_calibration_and_a_window_model():
+    with pytest.raises(ConfigError, match=r"model\.normalise_errors .* threshold\.calibration: live"):
+        small_config(model={"normalise_errors": True})
+    with pytest.raises(ConfigError, match=r"model\.normalise_errors"):
+        normalised_config(detector="hst")

@@ -162,3 +162,26 @@ def test_carried_forecaster_states_resume_exactly(tmp_path):
     assert alert_ids(before) + alert_ids(after) == expected
     resumed_scores = np.concatenate([r.scores for r in before + after])
     np.testing.assert_allclose(resumed_scores, scores, rtol=1e-6, equal_nan=True)
+
+
+def test_a_snapshot_taken_while_the_error_scale_is_measured_resumes_exactly(tmp_path):
+    """The measuring windows' errors are in the snapshot: the scale and thresholds come out the same."""
+    cfg = small_config(
+        model={"scope": "shared", "normalise_errors": True},
+        threshold={"calibration": "live", "min_samples": 40},
+    )
+    events = two_keys()
+    whole = Pipeline(cfg)
+    results = run(whole, events)
+    whole.close()
+    expected = alert_ids(results)
+    assert expected
+
+    before, second = resumed(tmp_path, cfg, events, 330)  # each key at 165, a few past warm-up
+    measuring = second.detector.slots[""].measuring
+    assert measuring is not None and 20 < len(measuring.errors) < 40
+    after = run(second, events[330:])
+    second.close()
+    assert alert_ids(before) + alert_ids(after) == expected
+    scores = np.concatenate([r.scores for r in results])
+    np.testing.assert_allclose(np.concatenate([r.scores for r in before + after]), scores, equal_nan=True)
