@@ -13,12 +13,19 @@ far, then ``update(score)``. It says no until it has seen ``min_samples`` scores
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Any, Protocol
 
 import numpy as np
 
 from anomalyd.config import ThresholdConfig
 from anomalyd.errors import ModelError
+
+# Shared by every threshold that holds no scores of that kind yet: a fresh empty array would
+# cost each key an object of its own. Never written to: replaced by the first scores.
+_NO_SCORES = np.zeros(0, dtype=np.float64)
+_NO_SCORES.flags.writeable = False
+_NO_CALIBRATION_SCORES: array[float] = array("d")
 
 
 class Threshold(Protocol):
@@ -220,8 +227,11 @@ class SpotThreshold:
         self.level = level
         self.min_samples = min_samples
         self.depth = depth
-        self._init: list[float] | None = []  # calibration scores, until min_samples
-        self._ma = np.zeros(0, dtype=np.float64)  # DSPOT: the last `depth` normal scores
+        # Calibration scores (the first ``_n``), until min_samples: doubles in an array.array
+        # allocated with the first score. With every key calibrating at once, a list of float
+        # objects took over three times the memory; a numpy array's header alone is 112 bytes.
+        self._init: array[float] | None = _NO_CALIBRATION_SCORES
+        self._ma = _NO_SCORES  # DSPOT: the last `depth` normal scores
         self._n = 0  # scores seen since calibration began (peaks included)
         self._k = 0  # peaks
         self._s1 = self._s2 = 0.0  # sums of the peaks' excesses and of their squares
@@ -241,9 +251,7 @@ class SpotThreshold:
 
     def update(self, score: float) -> None:
         if self._init is not None:
-            self._init.append(score)
-            if len(self._init) >= self.min_samples:
-                self._calibrate(np.asarray(self._init))
+            self._collect(score)
             return
         x = score - self._local()
         if math.isnan(x):
@@ -266,6 +274,24 @@ class SpotThreshold:
             self._fit()
         if not anomalous:
             self._remember(score)
+
+    def _collect(self, score: float) -> None:
+        """Keep a calibration score; calibrate on the ``min_samples``-th."""
+        assert self._init is not None
+        if self._n == len(self._init):  # the first score (or a restored buffer, full)
+            grown = array("d", bytes(8 * max(self.min_samples, self._n + 1)))
+            grown[: self._n] = self._init
+            self._init = grown
+        self._init[self._n] = score
+        self._n += 1
+        if self._n >= self.min_samples:
+            self._calibrate(self._calibration_scores())
+
+    def _calibration_scores(self) -> np.ndarray:
+        """The calibration scores so far: a view of ``_init`` (read-only while there are none)."""
+        if not self._n or self._init is None:
+            return _NO_SCORES
+        return np.frombuffer(self._init, dtype=np.float64, count=self._n)
 
     def _remember(self, score: float) -> None:
         if self.depth:
@@ -316,7 +342,9 @@ class SpotThreshold:
 
     def rescale(self, factor: float) -> None:
         if self._init is not None:
-            self._init = [s * factor for s in self._init]
+            if self._n:
+                scores = self._calibration_scores()
+                scores *= factor  # in place: the same doubles as multiplying each float
             return
         self._t *= factor
         self._z *= factor
@@ -327,20 +355,24 @@ class SpotThreshold:
 
     def get_state(self) -> dict[str, Any]:
         return {
-            "init": None if self._init is None else np.asarray(self._init, dtype=np.float64),
+            "init": None if self._init is None else self._calibration_scores().copy(),
             "ma": self._ma.copy(),
             "numbers": [self._n, self._k, self._s1, self._s2, self._t, self._z, self._in_run],
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         init = state["init"]
-        self._init = None if init is None else [float(s) for s in np.asarray(init)]
-        self._ma = np.asarray(state["ma"], dtype=np.float64)
+        ma = np.asarray(state["ma"], dtype=np.float64)
+        self._ma = ma if ma.size else _NO_SCORES
         n, k, s1, s2, t, z, in_run = state["numbers"]
         self._n, self._k, self._in_run = int(n), int(k), bool(in_run)
         self._s1, self._s2, self._t, self._z = float(s1), float(s2), float(t), float(z)
-        if self._init is None:
+        if init is None:
+            self._init = None
             self._fit()
+        else:  # calibrating: ``_n`` counts the scores (older snapshots said 0)
+            scores = array("d", np.asarray(init, dtype=np.float64).tobytes())
+            self._init, self._n = (scores if scores else _NO_CALIBRATION_SCORES), len(scores)
 
 
 class LikelihoodThreshold:

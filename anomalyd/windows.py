@@ -4,8 +4,8 @@ Each value is normalised with its key's running mean and standard deviation *bef
 value itself is counted (Welford's algorithm), so nothing ever looks ahead and a spike does
 not soften itself. With ``normalise="warmup"`` a key's statistics stop learning once they
 hold its first :meth:`WindowStore.freeze` values: a level shift then stays a shift instead
-of being learnt as the new normal. Each key's ring is written twice (at ``i`` and
-``i + T``), so the newest window is always one contiguous slice: no copy, no wrap-around.
+of being learnt as the new normal. A key's ring holds its last T values, its ``n``-th at
+slot ``n % T``, each once: a window is gathered in order (a copy) when it is due.
 
 >>> store = WindowStore(length=3, n_features=1)
 >>> k = store.index("sensor-1")
@@ -61,7 +61,7 @@ class WindowStore:
 
     def _alloc(self, capacity: int) -> None:
         T, F = self.length, self.n_features
-        self._ring = np.zeros((capacity, 2 * T, F), dtype=np.float32)
+        self._ring = np.zeros((capacity, T, F), dtype=np.float32)
         self._count = np.zeros(capacity, dtype=np.int64)
         self._mean = np.zeros((capacity, F), dtype=np.float64)
         self._m2 = np.zeros((capacity, F), dtype=np.float64)
@@ -109,10 +109,7 @@ class WindowStore:
         else:
             scaled = values
         T = self.length
-        slot = n % T
-        ring = self._ring[idx]
-        ring[slot] = scaled
-        ring[slot + T] = scaled
+        self._ring[idx, n % T] = scaled
         self._count[idx] = n + 1
         return n + 1 >= T and (n + 1 - T) % self.stride == 0
 
@@ -140,21 +137,20 @@ class WindowStore:
         start = np.empty(n, dtype=np.int64)
         start[order] = starts
         windows = _rolling(series, T)[start[ready]]  # (R, T, F), a new array
-        # Only a key's last T values are still in its ring (both halves) after the batch.
+        # Only a key's last T values are still in its ring after the batch.
         last = rank >= runs[owner] - T
-        rows, slots = keys[owner[last]], (count[last] - 1) % T
-        self._ring[rows, slots] = self._ring[rows, slots + T] = scaled[last]
+        self._ring[keys[owner[last]], (count[last] - 1) % T] = scaled[last]
         self._count[keys] = before + runs
         return ready, windows
 
     def _push_each(self, idx: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`push_many` for a few records: :meth:`push` one by one, each window copied."""
+        """:meth:`push_many` for a few records: :meth:`push` one by one, each window gathered."""
         ready: list[bool] = []
         windows: list[np.ndarray] = []
         for i, row in zip(idx.tolist(), np.asarray(values, dtype=np.float64), strict=True):
             ready.append(self.push(i, row))
             if ready[-1]:
-                windows.append(self.window(i).copy())  # a view: the next push may overwrite it
+                windows.append(self.window(i))
         stacked = np.stack(windows) if windows else np.zeros((0, self.length, self.n_features), np.float32)
         return np.array(ready, dtype=bool), stacked
 
@@ -173,15 +169,19 @@ class WindowStore:
         returns where those windows start (N,) and the blocks end to end (K(T - 1) + N, F).
         Blocks are copied whole through strided views (one copy per key, not one per value).
         """
-        T = self.length
+        T, K = self.length, len(keys)
         block = T - 1 + runs
         offset = np.cumsum(block) - block
         series = np.empty((int(block.sum()), self.n_features), dtype=np.float32)
-        ring = self._ring
-        # (capacity, T + 2, T - 1, F): item [k, s] is row k's ring columns s .. s + T - 2.
-        shape, strides = (len(ring), T + 2, T - 1, ring.shape[2]), ring.strides[:2] + ring.strides[1:]
-        newest = as_strided(ring, shape, strides, writeable=False)
-        _rolling(series, T - 1, writeable=True)[offset] = newest[keys, before % T + 1]
+        # The keys' rings, each twice end to end (K, 2T, F), so that a key's T - 1 newest
+        # values, oldest (slot before + 1, mod T) first, are one slice: whole rows are copied
+        # (fancy indexing value by value, modulo T, takes several times as long).
+        rings = np.empty((K, 2 * T, self.n_features), dtype=np.float32)
+        rings[:, :T] = rings[:, T:] = self._ring[keys]
+        # (K, T, T - 1, F): item [k, s] is columns s .. s + T - 2 of key k's doubled ring.
+        shape, strides = (K, T, T - 1, rings.shape[2]), rings.strides[:2] + rings.strides[1:]
+        newest = as_strided(rings, shape, strides, writeable=False)
+        _rolling(series, T - 1, writeable=True)[offset] = newest[np.arange(K), (before + 1) % T]
         starts = offset[owner] + rank
         series[starts + T - 1] = scaled
         return starts, series
@@ -211,9 +211,9 @@ class WindowStore:
         return out
 
     def window(self, idx: int) -> np.ndarray:
-        """The key's newest window (T, F), oldest value first: a view, copy it to keep it."""
-        start = int(self._count[idx]) % self.length
-        return self._ring[idx, start : start + self.length]
+        """The key's newest window (T, F), oldest value first: a new array."""
+        ring, start = self._ring[idx], int(self._count[idx]) % self.length
+        return np.concatenate((ring[start:], ring[:start]))
 
     def reset(self, idx: int) -> None:
         """Forget a key's values and statistics; its row is kept for when it returns."""
@@ -237,9 +237,13 @@ class WindowStore:
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
+        """Take over :meth:`get_state`'s rows; also those of an older snapshot, whose rings held
+        every value twice (2T long, at slots ``i`` and ``i + T``)."""
         names = list(state["names"])
         ring = np.asarray(state["ring"], dtype=np.float32)
-        if ring.shape[1:] != (2 * self.length, self.n_features):
+        if ring.shape[1:] == (2 * self.length, self.n_features):
+            ring = ring[:, : self.length]
+        if ring.shape[1:] != (self.length, self.n_features):
             raise ValueError(
                 f"windows shaped {ring.shape[1:]} in the snapshot, {self._ring.shape[1:]} configured"
             )

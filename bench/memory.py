@@ -86,7 +86,7 @@ class Feeder:
 def per_key_arrays(pipeline: Any) -> dict[str, float]:
     """Per-key state from the arrays themselves: bytes allocated per key, by component."""
     store, keys = pipeline.windows, len(pipeline.states)
-    arrays = [store._ring, store._count, store._mean, store._m2]
+    arrays = [store._ring, store._count, store._mean, store._m2, store._limit]
     row = sum(a.nbytes // len(a) for a in arrays)
     capacity = len(store._count)
     state = next(iter(pipeline.states.values()))
@@ -94,8 +94,8 @@ def per_key_arrays(pipeline: Any) -> dict[str, float]:
     objects = sum(sys.getsizeof(o) for o in (state, state.threshold, state.gate, state.model_id)) + headers
     objects += sys.getsizeof(pipeline.windows.names[0]) + 3 * 8 * 3  # key string; dict/list slots
     return {
-        "window ring (2T x F float32)": store._ring.nbytes // capacity,
-        "window count, mean, M2": row - store._ring.nbytes // capacity,
+        "window ring (T x F float32)": store._ring.nbytes // capacity,
+        "window count, mean, M2, limit": row - store._ring.nbytes // capacity,
         "window rows allocated but unused": (capacity - keys) * row / keys,
         "threshold arrays (quantile: the score ring, float32 x threshold.window)": data,
         "Python objects (KeyState, threshold, gate, key, index entries; approx.)": objects,

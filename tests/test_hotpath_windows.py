@@ -142,6 +142,27 @@ def test_state_restored_mid_stream_continues_identically():
     assert_same_state(whole, resumed)
 
 
+def test_state_of_an_older_snapshot_with_doubled_rings_continues_identically():
+    """Snapshots written before the single ring hold every value twice, at slots i and i + T."""
+    rng = np.random.default_rng(6)
+    first, second = random_batches(rng, 20, [150]), random_batches(rng, 25, [150])
+    whole = WindowStore(6, 1)
+    push_batch(whole, *first[0])
+    state = whole.get_state()
+    state["ring"] = np.concatenate([state["ring"], state["ring"]], axis=1)  # (n, 2T, F)
+    resumed = WindowStore(6, 1)
+    resumed.set_state(state)
+    assert np.array_equal(push_batch(resumed, *second[0])[1], push_batch(whole, *second[0])[1])
+    assert_same_state(whole, resumed)
+
+
+def test_state_of_another_window_length_is_refused():
+    store = WindowStore(6, 1)
+    push_batch(store, *random_batches(np.random.default_rng(7), 5, [40])[0])
+    with pytest.raises(ValueError, match="windows shaped"):
+        WindowStore(5, 1).set_state(store.get_state())
+
+
 def test_frozen_statistics_keep_a_level_shift_visible():
     """After the freeze a shifted level stays as far out as on its first value."""
     rng = np.random.default_rng(5)

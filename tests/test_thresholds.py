@@ -172,3 +172,58 @@ def test_contract_state_round_trips(method):
         a.update(float(s))
         b.update(float(s))
     assert a.value == b.value
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("seen", [0, 20])
+def test_contract_state_round_trips_while_warming_up(method, seen):
+    a, b = make_threshold(config(method, min_samples=50)), make_threshold(config(method, min_samples=50))
+    scores = np.random.default_rng(8).gamma(2.0, 0.5, 300).tolist()
+    for s in scores[:seen]:
+        a.update(s)
+    b.set_state(a.get_state())
+    a.rescale(2.0)
+    b.rescale(2.0)
+    for s in scores[seen:]:
+        assert a.classify(s) == b.classify(s)
+        a.update(s)
+        b.update(s)
+        assert a.value == b.value or (math.isnan(a.value) and math.isnan(b.value))
+
+
+def test_spot_rescaled_while_calibrating_equals_calibrated_on_rescaled_scores():
+    scores = np.random.default_rng(9).exponential(1.0, 400).tolist()
+    rescaled, direct = SpotThreshold(min_samples=100), SpotThreshold(min_samples=100)
+    for s in scores[:60]:
+        rescaled.update(s)
+        direct.update(s * 3.0)
+    rescaled.rescale(3.0)
+    for s in scores[60:]:
+        rescaled.update(s)
+        direct.update(s)
+    assert rescaled.value == direct.value
+
+
+def test_spot_takes_the_state_of_an_older_snapshot_while_calibrating():
+    """Older snapshots kept the calibration scores as a list, and n = 0 until calibrated."""
+    scores = np.random.default_rng(10).exponential(1.0, 300).tolist()
+    a, b = SpotThreshold(min_samples=100, depth=5), SpotThreshold(min_samples=100, depth=5)
+    for s in scores[:40]:
+        a.update(s)
+    numbers = [0, 0, 0.0, 0.0, math.nan, math.nan, False]
+    b.set_state({"init": np.array(scores[:40]), "ma": np.zeros(0), "numbers": numbers})
+    for s in scores[40:]:
+        a.update(s)
+        b.update(s)
+    assert a.get_state()["numbers"] == b.get_state()["numbers"]
+    assert np.array_equal(a.get_state()["ma"], b.get_state()["ma"])
+
+
+def test_spot_thresholds_share_their_empty_arrays():
+    """Memory per key: a threshold with no scores to keep holds no array of its own."""
+    a, b = SpotThreshold(min_samples=5), SpotThreshold(min_samples=5)
+    assert a._init is b._init and a._ma is b._ma
+    for _ in range(5):
+        a.update(1.0)
+    assert a._init is None and a._ma is b._ma
+    assert a.get_state()["ma"].size == 0 and b.get_state()["init"].size == 0

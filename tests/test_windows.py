@@ -69,3 +69,11 @@ def test_grows_past_initial_capacity():
     for k in range(100):
         push_all(store, f"k{k}", [k, k + 1])
     assert store.window(store.index("k57")).ravel().tolist() == [57.0, 58.0]
+
+
+def test_window_is_a_copy_in_stream_order():
+    store = WindowStore(length=4, n_features=1, normalise="none")
+    push_all(store, "a", range(10))  # the ring has wrapped: slot 10 % 4 holds the oldest value
+    window = store.window(store.index("a"))
+    window[:] = -1.0
+    assert store.window(store.index("a")).ravel().tolist() == [6.0, 7.0, 8.0, 9.0]
