@@ -3,9 +3,29 @@
 >>> gate = AlertGate(min_consecutive=2, cooldown_events=3)
 >>> [gate.step(a) for a in [True, True, True, True, True, False, True, True]]
 [False, True, False, False, False, False, False, True]
+
+The logic is one function of a key's two counters, :func:`step`, so that the pipeline can
+keep those counters in its own per-key state (one object per key, not two) and share the
+settings across keys:
+
+>>> step(run=1, quiet=0, anomalous=True, min_consecutive=2, cooldown_events=3)
+(2, 3, True)
 """
 
 from __future__ import annotations
+
+
+def step(
+    run: int, quiet: int, anomalous: bool, min_consecutive: int, cooldown_events: int
+) -> tuple[int, int, bool]:
+    """One event through the gate: the new ``run`` (anomalous points in a row) and ``quiet``
+    (events of cooldown left), and whether this event raises an alert."""
+    run = run + 1 if anomalous else 0
+    if quiet > 0:
+        return run, quiet - 1, False
+    if run >= min_consecutive:
+        return run, cooldown_events, True
+    return run, quiet, False
 
 
 class AlertGate:
@@ -25,11 +45,7 @@ class AlertGate:
 
     def step(self, anomalous: bool) -> bool:
         """Advance one event; True when this event raises an alert."""
-        self.run = self.run + 1 if anomalous else 0
-        if self.quiet > 0:
-            self.quiet -= 1
-            return False
-        if self.run >= self.min_consecutive:
-            self.quiet = self.cooldown_events
-            return True
-        return False
+        self.run, self.quiet, alert = step(
+            self.run, self.quiet, anomalous, self.min_consecutive, self.cooldown_events
+        )
+        return alert

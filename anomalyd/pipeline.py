@@ -26,31 +26,21 @@ from typing import Any
 
 import numpy as np
 
-from anomalyd.alerting import AlertGate
+from anomalyd import alerting
 from anomalyd.config import Config
 from anomalyd.detector import Detector, RetrainOutcome
 from anomalyd.events import Alert, DeadLetter, Event, alert_id
 from anomalyd.features import FeatureTransform
+from anomalyd.keystates import KeyState, KeyStates
 from anomalyd.model import WindowModel
 from anomalyd.sources.base import Batch
-from anomalyd.thresholds import Threshold, make_threshold
+from anomalyd.thresholds import make_threshold
 from anomalyd.windows import WindowStore
 
 TOP_FEATURES = 3
 _STATE_SECTIONS = (
     "input", "window", "detector", "model", "hst", "training", "retraining", "threshold", "alerts",
 )  # fmt: skip
-
-
-@dataclass(slots=True)
-class KeyState:
-    index: int
-    model_id: str
-    warmup: int
-    threshold: Threshold
-    gate: AlertGate
-    sequence: int = 0
-    quarantine: int = 0  # windows of this key before this sequence overlap a flagged point
 
 
 @dataclass
@@ -105,7 +95,7 @@ class Pipeline:
         self.config_hash = _hash(config, ("input", "window", "model"))
         # What a snapshot of the per-key state depends on: all that decides the stream's alerts.
         self.state_hash = _hash(config, _STATE_SECTIONS)
-        self.states: dict[str, KeyState] = {}
+        self.states = KeyStates(self.windows)
 
     def warmup_for(self, key: str) -> int:
         """Events a key learns from before it may alert (NAB: 15% of the file, at most 750)."""
@@ -116,19 +106,17 @@ class Pipeline:
             warmup = min(warmup, math.floor(training.warmup_fraction * total))
         return max(warmup, self.config.window.length)
 
-    def _state(self, key: str, index: int) -> KeyState:
-        state = self.states.get(key)
-        if state is None:
-            alerts = self.config.alerts
-            state = self.states[key] = KeyState(
+    def _new_state(self, key: str, index: int) -> KeyState:
+        state = self.states.add(
+            KeyState(
                 index=index,
                 model_id=self.detector.model_id(key),
                 warmup=self.warmup_for(key),
                 threshold=make_threshold(self.config.threshold),
-                gate=AlertGate(alerts.min_consecutive, alerts.cooldown_events),
             )
-            if self.config.window.normalise == "warmup":
-                self.windows.freeze(index, state.warmup)
+        )
+        if self.config.window.normalise == "warmup":
+            self.windows.freeze(index, state.warmup)
         return state
 
     def forget(self, keys: set[str]) -> None:
@@ -137,7 +125,7 @@ class Pipeline:
         A key seen again later starts over: warm-up, training (per-key scope), calibration.
         """
         for key in keys:
-            state = self.states.pop(key, None)
+            state = self.states.drop(key)
             if state is None:
                 continue
             self.windows.reset(state.index)
@@ -182,9 +170,10 @@ class Pipeline:
     def _windows(self, events: list[Event], indices: list[int], values: np.ndarray) -> _Windows:
         """Count every event in its key's stream and push them all; the windows due, stacked."""
         sequences, states = [], []
-        known = self.states
+        self.states.reserve()
+        known = self.states.rows
         for event, index in zip(events, indices, strict=True):
-            state = known.get(event.key) or self._state(event.key, index)
+            state = known[index] or self._new_state(event.key, index)
             sequences.append(state.sequence)
             state.sequence += 1
             states.append(state)
@@ -226,17 +215,19 @@ class Pipeline:
 
     def get_state(self) -> dict[str, Any]:
         """All per-key and per-model state, as numbers, arrays and tensors (see :mod:`anomalyd.snapshot`)."""
+        names = self.windows.names
         keys = {
-            key: {
+            names[st.index]: {
                 "index": st.index,
                 "model_id": st.model_id,
                 "warmup": st.warmup,
                 "sequence": st.sequence,
                 "quarantine": st.quarantine,
-                "gate": [st.gate.run, st.gate.quiet],
+                "gate": [st.run, st.quiet],
                 "threshold": st.threshold.get_state(),
             }
-            for key, st in self.states.items()
+            for st in self.states.rows
+            if st is not None
         }
         return {
             "keys": keys,
@@ -249,13 +240,13 @@ class Pipeline:
         """Take over the state :meth:`get_state` gave (of a pipeline with the same ``state_hash``)."""
         self.windows.set_state(state["windows"])
         self.features.set_state(state["features"])
-        self.states = {}
+        self.states.clear()
         for key, saved in state["keys"].items():
-            st = self._state(key, int(saved["index"]))
+            st = self._new_state(key, int(saved["index"]))
             st.model_id = str(saved["model_id"])
             st.warmup, st.sequence = int(saved["warmup"]), int(saved["sequence"])
             st.quarantine = int(saved["quarantine"])
-            st.gate.run, st.gate.quiet = (int(v) for v in saved["gate"])
+            st.run, st.quiet = (int(v) for v in saved["gate"])
             st.threshold.set_state(saved["threshold"])
         self.detector.set_state(state["models"])
 
@@ -271,10 +262,9 @@ class Pipeline:
             return
         buffer = self.detector.slot(model_id).buffer
         scores, _ = self.detector.score(model_id, np.stack([w for _, w in buffer]))
-        by_index = {s.index: s for s in self.states.values() if s.model_id == model_id}
         for (index, _), score in zip(buffer, scores, strict=True):
-            state = by_index.get(index)
-            if state is not None:  # None: the key was forgotten after a rebalance
+            state = self.states.at(index)
+            if state is not None and state.model_id == model_id:  # None: forgotten after a rebalance
                 state.threshold.update(float(score))
 
     def _score_pending(
@@ -291,6 +281,7 @@ class Pipeline:
         states, positions, sequences = windows.states, windows.positions, windows.sequences
         views, observe = list(windows.stack), self.detector.observe  # one view per window, made in C
         slots, normalise = self.detector.slots, self.config.model.normalise_errors
+        min_run, cooldown = self.config.alerts.min_consecutive, self.config.alerts.cooldown_events
         decided: list[tuple[int, float, float, bool]] = []  # written to ``out`` at the end
         for i, (row, decides) in enumerate(zip(rows, decide, strict=True)):
             state, score = states[row], item_scores[i]
@@ -309,7 +300,10 @@ class Pipeline:
                 threshold.update(score)
             position, sequence = positions[row], sequences[row]
             decided.append((position, score, limit, anomalous))
-            if state.gate.step(anomalous):
+            state.run, state.quiet, alert = alerting.step(
+                state.run, state.quiet, anomalous, min_run, cooldown
+            )
+            if alert:
                 out.alerts.append(self._alert(events[position], state, sequence, score, limit, errors[i]))
             # A flagged point stays inside the key's next windows: none of them is learned from.
             if anomalous:
@@ -343,10 +337,9 @@ class Pipeline:
         measured = self.detector.measure(model_id, state.index, errors[i], needed)
         if measured is None:
             return
-        by_index = {s.index: s for s in self.states.values() if s.model_id == model_id}
         for index, score in measured:
-            owner = by_index.get(index)
-            if owner is not None:  # None: the key was forgotten after a rebalance
+            owner = self.states.at(index)
+            if owner is not None and owner.model_id == model_id:  # None: forgotten after a rebalance
                 owner.threshold.update(score)
         later = [j for j in items if j > i]
         if later:
@@ -413,8 +406,8 @@ class Pipeline:
             for (index, _), score in zip(buffer, scores.tolist(), strict=True):
                 recent.setdefault(index, []).append(score)
         scale = scale if math.isfinite(scale) and scale > 0 else 1.0
-        for state in self.states.values():
-            if state.model_id != model_id:
+        for state in self.states.rows:
+            if state is None or state.model_id != model_id:
                 continue
             state.threshold.rescale(scale)
             own = recent.get(state.index, [])[-self.config.threshold.window :]

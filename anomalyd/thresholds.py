@@ -13,19 +13,24 @@ far, then ``update(score)``. It says no until it has seen ``min_samples`` scores
 from __future__ import annotations
 
 import math
-from array import array
 from typing import Any, Protocol
 
 import numpy as np
 
 from anomalyd.config import ThresholdConfig
 from anomalyd.errors import ModelError
+from anomalyd.spot import SpotThreshold
 
-# Shared by every threshold that holds no scores of that kind yet: a fresh empty array would
-# cost each key an object of its own. Never written to: replaced by the first scores.
-_NO_SCORES = np.zeros(0, dtype=np.float64)
-_NO_SCORES.flags.writeable = False
-_NO_CALIBRATION_SCORES: array[float] = array("d")
+__all__ = [
+    "EwmaThreshold",
+    "LikelihoodThreshold",
+    "QuantileThreshold",
+    "RiverQuantileThreshold",
+    "SpotThreshold",
+    "Threshold",
+    "make_threshold",
+    "quantile",
+]
 
 
 class Threshold(Protocol):
@@ -189,190 +194,6 @@ class EwmaThreshold:
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._n, self._mean, self._var = int(state["n"]), float(state["mean"]), float(state["var"])
-
-
-class SpotThreshold:
-    """Streaming peaks-over-threshold (SPOT; DSPOT with ``depth`` > 0), Siffer et al., KDD 2017.
-
-    The first ``min_samples`` scores calibrate: ``t`` is their ``level`` quantile, the
-    excesses over ``t`` (the peaks) are fitted with a generalised Pareto distribution, and
-    the threshold is the score exceeded with probability ``risk``:
-    ``z = t + sigma / gamma * ((risk * n / peaks) ** -gamma - 1)``. Then each score that is
-    updates the fit: a peak when above ``t``, else only the count ``n``. An anomalous score
-    (the first of a run; the rest of an incident is left out) counts as a peak of the size
-    the fitted tail expects beyond the threshold, so an incident does not raise the bar for
-    the next and the alerts of a quiet stream do not lower it.
-
-    The fit uses the method of moments on running sums of the excesses, so the state is a
-    handful of numbers whatever the stream's length. DSPOT scores the distance from the
-    mean of the last ``depth`` normal scores instead, which follows a drifting level.
-
-    >>> th = SpotThreshold(risk=1e-3, min_samples=5000)
-    >>> rng = np.random.default_rng(0)
-    >>> for s in rng.exponential(1.0, 5000):
-    ...     th.update(float(s))
-    >>> round(th.value, 1)  # exponential(1): the 1e-3 tail starts at ln(1000) = 6.9
-    7.1
-    >>> th.classify(9.0), th.classify(3.0)
-    (True, False)
-    """
-
-    __slots__ = (
-        "_gamma", "_in_run", "_init", "_k", "_ma", "_n", "_s1", "_s2", "_sigma", "_t", "_z",
-        "depth", "level", "min_samples", "risk",
-    )  # fmt: skip
-
-    def __init__(self, risk: float = 1e-4, level: float = 0.98, min_samples: int = 200, depth: int = 0):
-        self.risk = risk
-        self.level = level
-        self.min_samples = min_samples
-        self.depth = depth
-        # Calibration scores (the first ``_n``), until min_samples: doubles in an array.array
-        # allocated with the first score. With every key calibrating at once, a list of float
-        # objects took over three times the memory; a numpy array's header alone is 112 bytes.
-        self._init: array[float] | None = _NO_CALIBRATION_SCORES
-        self._ma = _NO_SCORES  # DSPOT: the last `depth` normal scores
-        self._n = 0  # scores seen since calibration began (peaks included)
-        self._k = 0  # peaks
-        self._s1 = self._s2 = 0.0  # sums of the peaks' excesses and of their squares
-        self._t = self._z = math.nan
-        self._gamma, self._sigma = 0.0, math.nan  # the fitted tail's shape and scale
-        self._in_run = False  # the last score was anomalous
-
-    def _local(self) -> float:
-        return float(self._ma.mean()) if self.depth and self._ma.size else 0.0
-
-    @property
-    def value(self) -> float:
-        return self._z + self._local()
-
-    def classify(self, score: float) -> bool:
-        return self._init is None and score > self.value
-
-    def update(self, score: float) -> None:
-        if self._init is not None:
-            self._collect(score)
-            return
-        x = score - self._local()
-        if math.isnan(x):
-            return
-        anomalous = x > self._z
-        run = anomalous and self._in_run
-        self._in_run = anomalous
-        if run:  # an incident goes on: only its first score counts
-            return
-        self._n += 1
-        if x > self._t:
-            # The first anomalous score of a run counts as a peak of the size the fitted tail
-            # expects beyond the threshold: left out, the tail the fit sees would be cut and
-            # the threshold would sink with every alert; taken as is, an incident would raise
-            # the bar for the next.
-            excess = self._expected_beyond() if anomalous else x - self._t
-            self._k += 1
-            self._s1 += excess
-            self._s2 += excess * excess
-            self._fit()
-        if not anomalous:
-            self._remember(score)
-
-    def _collect(self, score: float) -> None:
-        """Keep a calibration score; calibrate on the ``min_samples``-th."""
-        assert self._init is not None
-        if self._n == len(self._init):  # the first score (or a restored buffer, full)
-            grown = array("d", bytes(8 * max(self.min_samples, self._n + 1)))
-            grown[: self._n] = self._init
-            self._init = grown
-        self._init[self._n] = score
-        self._n += 1
-        if self._n >= self.min_samples:
-            self._calibrate(self._calibration_scores())
-
-    def _calibration_scores(self) -> np.ndarray:
-        """The calibration scores so far: a view of ``_init`` (read-only while there are none)."""
-        if not self._n or self._init is None:
-            return _NO_SCORES
-        return np.frombuffer(self._init, dtype=np.float64, count=self._n)
-
-    def _remember(self, score: float) -> None:
-        if self.depth:
-            self._ma = np.append(self._ma, score)[-self.depth :]
-
-    def _calibrate(self, scores: np.ndarray) -> None:
-        if self.depth:
-            # DSPOT: each score against the mean of the `depth` before it
-            c = np.concatenate([[0.0], np.cumsum(scores)])
-            idx = np.arange(len(scores))
-            lo = np.maximum(idx - self.depth, 0)
-            means = np.where(idx > 0, (c[idx] - c[lo]) / np.maximum(idx - lo, 1), 0.0)
-            residuals = (scores - means)[self.depth :] if len(scores) > self.depth else scores - means
-            self._ma = scores[-self.depth :].astype(np.float64)
-        else:
-            residuals = scores
-        self._t = float(np.quantile(residuals, self.level))
-        excesses = residuals[residuals > self._t] - self._t
-        self._n, self._k = len(residuals), len(excesses)
-        self._s1, self._s2 = float(excesses.sum()), float((excesses**2).sum())
-        self._init = None
-        self._fit()
-
-    def _expected_beyond(self) -> float:
-        """E[excess | score > z] under the fitted tail: (z - t) + the mean excess over z."""
-        over = self._z - self._t
-        sigma, gamma = self._sigma, min(self._gamma, 0.9)
-        return over + max(sigma + gamma * over, 0.0) / (1.0 - gamma)
-
-    def _fit(self) -> None:
-        if self._k == 0:
-            self._z = self._t
-            return
-        mean = self._s1 / self._k
-        var = max(self._s2 / self._k - mean * mean, 0.0)
-        ratio = self.risk * self._n / self._k
-        if var <= 0.0 or mean <= 0.0:  # too few peaks: an exponential tail
-            self._gamma, self._sigma = 0.0, mean
-            self._z = self._t + mean * -math.log(ratio)
-            return
-        gamma = 0.5 * (1.0 - mean * mean / var)
-        sigma = 0.5 * mean * (mean * mean / var + 1.0)
-        self._gamma, self._sigma = gamma, sigma
-        if abs(gamma) < 1e-6:
-            self._z = self._t - sigma * math.log(ratio)
-        else:
-            self._z = self._t + sigma / gamma * (ratio**-gamma - 1.0)
-
-    def rescale(self, factor: float) -> None:
-        if self._init is not None:
-            if self._n:
-                scores = self._calibration_scores()
-                scores *= factor  # in place: the same doubles as multiplying each float
-            return
-        self._t *= factor
-        self._z *= factor
-        self._sigma *= factor
-        self._s1 *= factor
-        self._s2 *= factor * factor
-        self._ma = self._ma * factor
-
-    def get_state(self) -> dict[str, Any]:
-        return {
-            "init": None if self._init is None else self._calibration_scores().copy(),
-            "ma": self._ma.copy(),
-            "numbers": [self._n, self._k, self._s1, self._s2, self._t, self._z, self._in_run],
-        }
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        init = state["init"]
-        ma = np.asarray(state["ma"], dtype=np.float64)
-        self._ma = ma if ma.size else _NO_SCORES
-        n, k, s1, s2, t, z, in_run = state["numbers"]
-        self._n, self._k, self._in_run = int(n), int(k), bool(in_run)
-        self._s1, self._s2, self._t, self._z = float(s1), float(s2), float(t), float(z)
-        if init is None:
-            self._init = None
-            self._fit()
-        else:  # calibrating: ``_n`` counts the scores (older snapshots said 0)
-            scores = array("d", np.asarray(init, dtype=np.float64).tobytes())
-            self._init, self._n = (scores if scores else _NO_CALIBRATION_SCORES), len(scores)
 
 
 class LikelihoodThreshold:

@@ -91,14 +91,14 @@ def per_key_arrays(pipeline: Any) -> dict[str, float]:
     capacity = len(store._count)
     state = next(iter(pipeline.states.values()))
     data, headers = threshold_arrays(state.threshold)
-    objects = sum(sys.getsizeof(o) for o in (state, state.threshold, state.gate, state.model_id)) + headers
-    objects += sys.getsizeof(pipeline.windows.names[0]) + 3 * 8 * 3  # key string; dict/list slots
+    objects = sum(sys.getsizeof(o) for o in (state, state.threshold, state.model_id)) + headers
+    objects += sys.getsizeof(pipeline.windows.names[0]) + 3 * 8 * 2 + 2 * 8  # key string; dict/list slots
     return {
         "window ring (T x F float32)": store._ring.nbytes // capacity,
         "window count, mean, M2, limit": row - store._ring.nbytes // capacity,
         "window rows allocated but unused": (capacity - keys) * row / keys,
         "threshold arrays (quantile: the score ring, float32 x threshold.window)": data,
-        "Python objects (KeyState, threshold, gate, key, index entries; approx.)": objects,
+        "Python objects (KeyState, threshold, key, index entries; approx.)": objects,
     }
 
 

@@ -110,6 +110,21 @@ def test_cooldown_limits_alerts_per_incident():
     assert len(with_cooldown) <= 1
 
 
+def test_a_forgotten_key_starts_over_in_its_row_and_snapshots_without_it():
+    pipeline = Pipeline(small_config(retraining={"enabled": False}))
+    run(pipeline, [e for pair in zip(sine_events("a", 200), sine_events("b", 200)) for e in pair])
+    row = pipeline.states["a"].index
+    pipeline.forget({"a", "never-seen"})
+    assert "a" not in pipeline.states and list(pipeline.states) == ["b"] and len(pipeline.states) == 1
+    assert pipeline.windows.keys["a"] == row  # the row stays the key's
+    restored = Pipeline(small_config(retraining={"enabled": False}))
+    restored.set_state(pipeline.get_state())
+    assert list(restored.states) == ["b"] and restored.states["b"].sequence == 200
+    scores, _, _, _ = run(restored, sine_events("a", 200))
+    assert restored.states["a"].index == row and restored.states["a"].sequence == 200
+    assert np.isnan(scores[:150]).all() and np.isfinite(scores[150:]).all()  # warming up again
+
+
 def test_bad_derived_feature_is_dead_lettered_and_the_rest_processed():
     cfg = small_config(
         input={"value_fields": ["close"], "features": [{"name": "ret", "op": "log_return", "field": "close"}]}

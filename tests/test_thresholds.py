@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from anomalyd.alerting import AlertGate
+from anomalyd.alerting import AlertGate, step
 from anomalyd.config import ThresholdConfig
 from anomalyd.thresholds import EwmaThreshold, QuantileThreshold, SpotThreshold, make_threshold, quantile
 
@@ -105,6 +105,26 @@ def test_gate_cooldown_then_realerts_on_ongoing_incident():
 def test_gate_no_alert_without_anomaly():
     gate = AlertGate()
     assert not any(gate.step(False) for _ in range(100))
+
+
+@pytest.mark.parametrize(("min_consecutive", "cooldown"), [(1, 0), (1, 5), (3, 0), (2, 7)])
+def test_gate_step_on_bare_counters_is_the_gate(min_consecutive, cooldown):
+    # The pipeline keeps each key's counters itself and calls step(): the same alerts.
+    flags = (np.random.default_rng(min_consecutive + cooldown).random(500) < 0.3).tolist()
+    gate = AlertGate(min_consecutive, cooldown)
+    run = quiet = 0
+    for anomalous in flags:
+        run, quiet, alert = step(run, quiet, anomalous, min_consecutive, cooldown)
+        assert alert == gate.step(anomalous)
+        assert (run, quiet) == (gate.run, gate.quiet)
+
+
+def test_spot_thresholds_built_alike_share_one_settings_object():
+    a, b = make_threshold(config("dspot", min_samples=20)), make_threshold(config("dspot", min_samples=20))
+    assert isinstance(a, SpotThreshold) and isinstance(b, SpotThreshold)
+    assert a._settings is b._settings
+    assert (a.risk, a.level, a.min_samples, a.depth) == (1e-4, 0.98, 20, 10)
+    assert SpotThreshold(min_samples=21)._settings is not a._settings
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -222,8 +242,62 @@ def test_spot_takes_the_state_of_an_older_snapshot_while_calibrating():
 def test_spot_thresholds_share_their_empty_arrays():
     """Memory per key: a threshold with no scores to keep holds no array of its own."""
     a, b = SpotThreshold(min_samples=5), SpotThreshold(min_samples=5)
-    assert a._init is b._init and a._ma is b._ma
+    assert a._calibration_scores() is b._calibration_scores() and a._ma is b._ma
     for _ in range(5):
         a.update(1.0)
-    assert a._init is None and a._ma is b._ma
+    assert a._row is None and a._ma is b._ma
     assert a.get_state()["ma"].size == 0 and b.get_state()["init"].size == 0
+
+
+def test_spot_calibration_rows_are_shared_reused_and_released():
+    rng = np.random.default_rng(11)
+    rows = SpotThreshold(min_samples=7)._settings.calibrating
+    thresholds = [SpotThreshold(min_samples=7) for _ in range(100)]
+    for th in thresholds:
+        th.update(float(rng.exponential()))
+    assert rows.used == 100 and rows.scores.shape == (128, 7)
+    taken = thresholds[3]._row
+    thresholds[3] = SpotThreshold(min_samples=7)  # dropped while calibrating: its row is given back
+    thresholds[3].update(1.0)
+    assert thresholds[3]._row == taken and rows.used == 100
+    state = thresholds[5].get_state()
+    thresholds[5].set_state({**state, "init": None})  # calibrated by a snapshot: row given back
+    assert rows.used == 99
+    thresholds[5].set_state(state)
+    assert rows.used == 100 and np.array_equal(thresholds[5].get_state()["init"], state["init"])
+    for th in thresholds:
+        for s in rng.exponential(1.0, 6):
+            th.update(float(s))
+    assert rows.used == 0 and rows.scores.shape == (0, 7)  # all calibrated: the memory is released
+    assert all(np.isfinite(th.value) for th in thresholds)
+
+
+def test_spot_calibrates_on_its_own_scores_among_many():
+    """Thresholds calibrating side by side, their rows taken and given back in any order, end up
+    as each would alone."""
+    rng = np.random.default_rng(12)
+    streams = [rng.gamma(2.0, 1.0, 60).tolist() for _ in range(40)]
+    alone = []
+    for stream in streams:
+        th = SpotThreshold(risk=1e-2, min_samples=25, depth=3)
+        for s in stream:
+            th.update(s)
+        alone.append(th.get_state())
+    together = [SpotThreshold(risk=1e-2, min_samples=25, depth=3) for _ in streams]
+    starts = rng.integers(0, 30, len(streams))
+    for tick in range(100):
+        for th, stream, start in zip(together, streams, starts, strict=True):
+            if 0 <= tick - start < len(stream):
+                th.update(stream[tick - start])
+                if tick - start == 10:
+                    th.rescale(1.0)
+    for th, state in zip(together, alone, strict=True):
+        assert th.get_state()["numbers"] == state["numbers"]
+        assert np.array_equal(th.get_state()["ma"], state["ma"])
+
+
+def test_spot_is_not_copied_by_copy_or_pickle():
+    import copy
+
+    with pytest.raises(TypeError, match="get_state"):
+        copy.copy(SpotThreshold())

@@ -1,0 +1,93 @@
+"""The pipeline's per-key state: one small object per key, kept by the key's window-store row.
+
+The window store already maps each key to its row (:attr:`WindowStore.keys`); a second dict
+from key to state would cost some 50 bytes a key more than a list by row. :class:`KeyStates`
+is that list, read as a mapping from key to state.
+
+>>> from anomalyd.thresholds import EwmaThreshold
+>>> store = WindowStore(length=3, n_features=1)
+>>> states = KeyStates(store)
+>>> _ = store.index("a"), store.index("b")  # rows 0 and 1
+>>> _ = states.add(KeyState(1, "shared", 10, EwmaThreshold()))
+>>> list(states), len(states), "a" in states, states["b"].index
+(['b'], 1, False, 1)
+>>> states.drop("b").index, len(states), states.get("b")
+(1, 0, None)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from anomalyd.thresholds import Threshold
+from anomalyd.windows import WindowStore
+
+
+@dataclass(slots=True)
+class KeyState:
+    index: int  # the key's row in the window store
+    model_id: str
+    warmup: int
+    threshold: Threshold
+    sequence: int = 0
+    quarantine: int = 0  # windows of this key before this sequence overlap a flagged point
+    # The alert gate's counters (anomalyd.alerting.step); its settings are the pipeline's.
+    run: int = 0
+    quiet: int = 0
+
+
+class KeyStates(Mapping[str, KeyState]):
+    """Each key's :class:`KeyState` in ``rows``, a list by the key's row in ``windows``
+    (None: a row whose key has no state, not yet or no longer)."""
+
+    __slots__ = ("_count", "rows", "windows")
+
+    def __init__(self, windows: WindowStore):
+        self.windows = windows
+        self.rows: list[KeyState | None] = []
+        self._count = 0
+
+    def __getitem__(self, key: str) -> KeyState:
+        state = self.at(self.windows.keys[key])
+        if state is None:
+            raise KeyError(key)
+        return state
+
+    def __iter__(self) -> Iterator[str]:
+        names = self.windows.names
+        return (names[state.index] for state in self.rows if state is not None)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def at(self, row: int) -> KeyState | None:
+        """The state of the key at window-store row ``row``, if it has one."""
+        return self.rows[row] if row < len(self.rows) else None
+
+    def reserve(self) -> None:
+        """A place in ``rows`` for every row of the window store (hot path: index ``rows``)."""
+        missing = len(self.windows.names) - len(self.rows)
+        if missing > 0:
+            self.rows.extend([None] * missing)
+
+    def add(self, state: KeyState) -> KeyState:
+        """Keep ``state`` at its row (replacing the one there)."""
+        self.reserve()
+        if self.rows[state.index] is None:
+            self._count += 1
+        self.rows[state.index] = state
+        return state
+
+    def drop(self, key: str) -> KeyState | None:
+        """Take ``key``'s state out (None when it has none); its row stays the key's."""
+        row = self.windows.keys.get(key)
+        state = None if row is None else self.at(row)
+        if state is not None:
+            self.rows[state.index] = None
+            self._count -= 1
+        return state
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self._count = 0
