@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import mmap
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,14 @@ import numpy as np
 # cost each key an object of its own. Never written to: replaced by the first scores.
 _NO_SCORES = np.zeros(0, dtype=np.float64)
 _NO_SCORES.flags.writeable = False
+
+# A threshold's numbers, in one array of doubles (``SpotThreshold._v``): one object of 128
+# bytes where eight attributes took eight float and int objects of their own (24-32 bytes
+# each, and the counters pass Python's shared small ints after 256 scores).
+_N, _K, _S1, _S2, _T, _Z, _GAMMA, _SIGMA = range(8)
+# scores since calibration began (peaks included), peaks, sums of the peaks' excesses and of
+# their squares, the calibration quantile t, the threshold z, the fitted tail's shape and scale
+_FRESH = array("d", [0.0, 0.0, 0.0, 0.0, math.nan, math.nan, 0.0, math.nan])
 
 
 class CalibrationRows:
@@ -121,9 +130,7 @@ class SpotThreshold:
     (True, False)
     """
 
-    __slots__ = (
-        "_gamma", "_in_run", "_k", "_ma", "_n", "_row", "_s1", "_s2", "_settings", "_sigma", "_t", "_z",
-    )  # fmt: skip
+    __slots__ = ("_in_run", "_ma", "_row", "_settings", "_v")
 
     def __init__(self, risk: float = 1e-4, level: float = 0.98, min_samples: int = 200, depth: int = 0):
         # One settings object for every threshold built with the same ones (each key has a
@@ -133,11 +140,7 @@ class SpotThreshold:
         # (the first ``_n``), taken with the first score (-1 before it); None once calibrated.
         self._row: int | None = -1
         self._ma = _NO_SCORES  # DSPOT: the last `depth` normal scores
-        self._n = 0  # scores seen since calibration began (peaks included)
-        self._k = 0  # peaks
-        self._s1 = self._s2 = 0.0  # sums of the peaks' excesses and of their squares
-        self._t = self._z = math.nan
-        self._gamma, self._sigma = 0.0, math.nan  # the fitted tail's shape and scale
+        self._v = array("d", _FRESH)  # n, k, s1, s2, t, z, gamma, sigma: see _N .. _SIGMA
         self._in_run = False  # the last score was anomalous
 
     @property
@@ -161,7 +164,7 @@ class SpotThreshold:
 
     @property
     def value(self) -> float:
-        return self._z + self._local()
+        return self._v[_Z] + self._local()
 
     def classify(self, score: float) -> bool:
         return self._row is None and score > self.value
@@ -173,21 +176,22 @@ class SpotThreshold:
         x = score - self._local()
         if math.isnan(x):
             return
-        anomalous = x > self._z
+        v = self._v
+        anomalous = x > v[_Z]
         run = anomalous and self._in_run
         self._in_run = anomalous
         if run:  # an incident goes on: only its first score counts
             return
-        self._n += 1
-        if x > self._t:
+        v[_N] += 1.0
+        if x > v[_T]:
             # The first anomalous score of a run counts as a peak of the size the fitted tail
             # expects beyond the threshold: left out, the tail the fit sees would be cut and
             # the threshold would sink with every alert; taken as is, an incident would raise
             # the bar for the next.
-            excess = self._expected_beyond() if anomalous else x - self._t
-            self._k += 1
-            self._s1 += excess
-            self._s2 += excess * excess
+            excess = self._expected_beyond() if anomalous else x - v[_T]
+            v[_K] += 1.0
+            v[_S1] += excess
+            v[_S2] += excess * excess
             self._fit()
         if not anomalous:
             self._remember(score)
@@ -198,9 +202,10 @@ class SpotThreshold:
         rows = self._settings.calibrating
         if self._row < 0:
             self._row = rows.take()
-        rows.scores[self._row, self._n] = score
-        self._n += 1
-        if self._n >= self._settings.min_samples:
+        n = int(self._v[_N])
+        rows.scores[self._row, n] = score
+        self._v[_N] = n + 1
+        if n + 1 >= self._settings.min_samples:
             row = self._row
             self._calibrate(self._calibration_scores())
             rows.give_back(row)
@@ -209,7 +214,7 @@ class SpotThreshold:
         """The calibration scores so far: a view of their row (read-only while there are none)."""
         if self._row is None or self._row < 0:
             return _NO_SCORES
-        return self._settings.calibrating.scores[self._row, : self._n]
+        return self._settings.calibrating.scores[self._row, : int(self._v[_N])]
 
     def __del__(self) -> None:
         row = getattr(self, "_row", None)
@@ -237,37 +242,41 @@ class SpotThreshold:
             self._ma = scores[-depth:].astype(np.float64)
         else:
             residuals = scores
-        self._t = float(np.quantile(residuals, level))
-        excesses = residuals[residuals > self._t] - self._t
-        self._n, self._k = len(residuals), len(excesses)
-        self._s1, self._s2 = float(excesses.sum()), float((excesses**2).sum())
+        v = self._v
+        t = v[_T] = float(np.quantile(residuals, level))
+        excesses = residuals[residuals > t] - t
+        v[_N], v[_K] = len(residuals), len(excesses)
+        v[_S1], v[_S2] = float(excesses.sum()), float((excesses**2).sum())
         self._row = None
         self._fit()
 
     def _expected_beyond(self) -> float:
         """E[excess | score > z] under the fitted tail: (z - t) + the mean excess over z."""
-        over = self._z - self._t
-        sigma, gamma = self._sigma, min(self._gamma, 0.9)
+        v = self._v
+        over = v[_Z] - v[_T]
+        sigma, gamma = v[_SIGMA], min(v[_GAMMA], 0.9)
         return over + max(sigma + gamma * over, 0.0) / (1.0 - gamma)
 
     def _fit(self) -> None:
-        if self._k == 0:
-            self._z = self._t
+        v = self._v
+        k, t = v[_K], v[_T]
+        if k == 0:
+            v[_Z] = t
             return
-        mean = self._s1 / self._k
-        var = max(self._s2 / self._k - mean * mean, 0.0)
-        ratio = self._settings.risk * self._n / self._k
+        mean = v[_S1] / k
+        var = max(v[_S2] / k - mean * mean, 0.0)
+        ratio = self._settings.risk * v[_N] / k
         if var <= 0.0 or mean <= 0.0:  # too few peaks: an exponential tail
-            self._gamma, self._sigma = 0.0, mean
-            self._z = self._t + mean * -math.log(ratio)
+            v[_GAMMA], v[_SIGMA] = 0.0, mean
+            v[_Z] = t + mean * -math.log(ratio)
             return
         gamma = 0.5 * (1.0 - mean * mean / var)
         sigma = 0.5 * mean * (mean * mean / var + 1.0)
-        self._gamma, self._sigma = gamma, sigma
+        v[_GAMMA], v[_SIGMA] = gamma, sigma
         if abs(gamma) < 1e-6:
-            self._z = self._t - sigma * math.log(ratio)
+            v[_Z] = t - sigma * math.log(ratio)
         else:
-            self._z = self._t + sigma / gamma * (ratio**-gamma - 1.0)
+            v[_Z] = t + sigma / gamma * (ratio**-gamma - 1.0)
 
     def rescale(self, factor: float) -> None:
         if self._row is not None:
@@ -275,18 +284,20 @@ class SpotThreshold:
             if scores.size:
                 scores *= factor  # in place: the same doubles as multiplying each float
             return
-        self._t *= factor
-        self._z *= factor
-        self._sigma *= factor
-        self._s1 *= factor
-        self._s2 *= factor * factor
+        v = self._v
+        v[_T] *= factor
+        v[_Z] *= factor
+        v[_SIGMA] *= factor
+        v[_S1] *= factor
+        v[_S2] *= factor * factor
         self._ma = self._ma * factor
 
     def get_state(self) -> dict[str, Any]:
+        v = self._v
         return {
             "init": None if self._row is None else self._calibration_scores().copy(),
             "ma": self._ma.copy(),
-            "numbers": [self._n, self._k, self._s1, self._s2, self._t, self._z, self._in_run],
+            "numbers": [int(v[_N]), int(v[_K]), v[_S1], v[_S2], v[_T], v[_Z], self._in_run],
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -294,8 +305,9 @@ class SpotThreshold:
         ma = np.asarray(state["ma"], dtype=np.float64)
         self._ma = ma if ma.size else _NO_SCORES
         n, k, s1, s2, t, z, in_run = state["numbers"]
-        self._n, self._k, self._in_run = int(n), int(k), bool(in_run)
-        self._s1, self._s2, self._t, self._z = float(s1), float(s2), float(t), float(z)
+        v = self._v
+        v[_N], v[_K], self._in_run = int(n), int(k), bool(in_run)
+        v[_S1], v[_S2], v[_T], v[_Z] = float(s1), float(s2), float(t), float(z)
         if self._row is not None and self._row >= 0:
             self._settings.calibrating.give_back(self._row)
         if init is None:
@@ -304,12 +316,12 @@ class SpotThreshold:
             return
         # Calibrating: ``_n`` counts the scores (older snapshots said 0).
         scores = np.asarray(init, dtype=np.float64).ravel()
-        self._row, self._n = -1, 0
+        self._row, v[_N] = -1, 0
         if scores.size >= self._settings.min_samples:  # never saved so: calibrate on them all
-            self._n = scores.size
+            v[_N] = scores.size
             self._calibrate(scores)
             return
         if scores.size:
             self._row = self._settings.calibrating.take()
             self._settings.calibrating.scores[self._row, : scores.size] = scores
-            self._n = scores.size
+            v[_N] = scores.size
