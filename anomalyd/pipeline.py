@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,10 +263,15 @@ class Pipeline:
             return
         buffer = self.detector.slot(model_id).buffer
         scores, _ = self.detector.score(model_id, np.stack([w for _, w in buffer]))
-        for (index, _), score in zip(buffer, scores, strict=True):
+        self._calibrate(model_id, zip((index for index, _ in buffer), scores.tolist(), strict=True))
+
+    def _calibrate(self, model_id: str, scored: Iterable[tuple[int, float]]) -> None:
+        """Feed each (key row, score) to that key's threshold, in order; keys forgotten after a
+        rebalance, or now on another model, are passed over."""
+        for index, score in scored:
             state = self.states.at(index)
-            if state is not None and state.model_id == model_id:  # None: forgotten after a rebalance
-                state.threshold.update(float(score))
+            if state is not None and state.model_id == model_id:
+                state.threshold.update(score)
 
     def _score_pending(
         self, rows: list[int], decide: list[bool], windows: _Windows, events: list[Event], out: _Outputs
@@ -337,10 +343,7 @@ class Pipeline:
         measured = self.detector.measure(model_id, state.index, errors[i], needed)
         if measured is None:
             return
-        for index, score in measured:
-            owner = self.states.at(index)
-            if owner is not None and owner.model_id == model_id:  # None: forgotten after a rebalance
-                owner.threshold.update(score)
+        self._calibrate(model_id, measured)
         later = [j for j in items if j > i]
         if later:
             errors[later] /= self.detector.error_scale(model_id)

@@ -137,7 +137,7 @@ class SpotThreshold:
         # threshold): a pointer per key instead of four.
         self._settings = _spot_settings(risk, level, min_samples, depth)
         # Calibrating: the row of ``_settings.calibrating`` that holds the calibration scores
-        # (the first ``_n``), taken with the first score (-1 before it); None once calibrated.
+        # (the first ``n``, ``_v[_N]``), taken with the first score (-1 before it); None once calibrated.
         self._row: int | None = -1
         self._ma = _NO_SCORES  # DSPOT: the last `depth` normal scores
         self._v = array("d", _FRESH)  # n, k, s1, s2, t, z, gamma, sigma: see _N .. _SIGMA
