@@ -26,6 +26,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from anomalyd.model import ModelArgs, WindowModel
+from anomalyd.windows import key_runs
 
 
 class CarriedStates:
@@ -70,10 +71,7 @@ class CarriedStates:
         (N, T, F), in stream order, ``keys`` (N,) their keys' rows; each key's state moves on."""
         n, F = len(keys), windows.shape[2]
         self._ensure(int(keys.max()) + 1)
-        order = np.argsort(keys, kind="stable")  # each key's events together, in stream order
-        uniq, first, runs = np.unique(keys[order], return_index=True, return_counts=True)
-        owner = np.repeat(np.arange(len(uniq)), runs)
-        rank = np.arange(n) - first[owner]
+        order, uniq, first, runs, owner, rank = key_runs(keys)  # each key's events, in order
         device = next(model.parameters()).device
         rnn, head = model.rnn, model.head
         assert isinstance(rnn, torch.nn.RNNBase) and isinstance(head, torch.nn.Linear)

@@ -45,6 +45,23 @@ _BATCH_MIN = 16
 _NEVER = np.iinfo(np.int64).max  # a key whose statistics never stop learning
 
 
+def key_runs(idx: np.ndarray) -> tuple[np.ndarray, ...]:
+    """A batch's records (key rows ``idx``, (N,)) grouped by key, each key's in stream order.
+
+    Returns ``order`` (N,), the records sorted so; ``keys`` (K,), ``first`` (K,) and ``runs``
+    (K,), each key's row, its first place in ``order`` and its count; ``owner`` (N,) and
+    ``rank`` (N,), each sorted record's key (0 .. K - 1) and its place in that key's run.
+
+    >>> [a.tolist() for a in key_runs(np.array([7, 3, 7]))]
+    [[1, 0, 2], [3, 7], [0, 1], [1, 2], [0, 1, 1], [0, 0, 1]]
+    """
+    order = np.argsort(idx, kind="stable")
+    keys, first, runs = np.unique(idx[order], return_index=True, return_counts=True)
+    owner = np.repeat(np.arange(len(keys)), runs)
+    rank = np.arange(len(idx)) - first[owner]
+    return order, keys, first, runs, owner, rank
+
+
 class WindowStore:
     """Ring buffers, normalisers and counters for every key, in arrays indexed by key."""
 
@@ -123,10 +140,7 @@ class WindowStore:
         T, n = self.length, len(idx)
         if n < _BATCH_MIN:
             return self._push_each(idx, values)
-        order = np.argsort(idx, kind="stable")  # each key's records together, in stream order
-        keys, first, runs = np.unique(idx[order], return_index=True, return_counts=True)
-        owner = np.repeat(np.arange(len(keys)), runs)  # (N,) sorted record -> its key, 0..K-1
-        rank = np.arange(n) - first[owner]  # (N,) place in its key's run
+        order, keys, first, runs, owner, rank = key_runs(idx)
         x = np.asarray(values, dtype=np.float64)[order]
         scaled = self._normalise_runs(keys, first, runs, x) if self.normalise else x
         before = self._count[keys]
