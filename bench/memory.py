@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from typing import Any
 
 import numpy as np
@@ -111,6 +112,8 @@ def threshold_arrays(threshold: Any) -> tuple[int, int]:
         if isinstance(value, np.ndarray):
             data += value.nbytes
             headers += sys.getsizeof(value) - (value.nbytes if value.base is None else 0)
+        elif isinstance(value, array):  # SPOT's numbers: header and data in one figure
+            headers += sys.getsizeof(value)
         elif isinstance(value, (list, tuple, dict)):
             data += sum(sys.getsizeof(v) for v in value)
             headers += sys.getsizeof(value)
