@@ -91,3 +91,50 @@ def test_cuda_retraining_snapshot_resume_and_checkpoint(tmp_path, carry):
     after = [a.alert_id for r in run(second, stream[cut:]) for a in r.alerts]
     second.close()
     assert before + after == expected
+
+
+def test_cuda_normalised_errors_measure_transfer_and_resume(tmp_path):
+    check_normalised_errors("cuda", tmp_path)
+
+
+def check_normalised_errors(device, tmp_path):
+    """``model.normalise_errors`` on ``device``: the scale is measured there, a promoted
+    retraining takes it over, a snapshot resumes it, and a checkpoint of it reads back on the
+    CPU."""
+    a = sine_events("a", 1000, spikes=SPIKES, features=3)
+    stream = sorted(a + sine_events("b", 1000, spikes=SPIKES, features=3, seed=1), key=lambda e: e.time)
+    cfg = small_config(
+        model={"device": device, "normalise_errors": True},
+        input={"value_fields": ["x", "y", "z"]},
+        threshold={"calibration": "live"},
+        retraining=RETRAIN,
+    )
+    whole = Pipeline(cfg)
+    results = run(whole, stream)
+    whole.close()
+    assert [o for r in results for o in r.retrained if o.promoted], "no retraining was promoted"
+    model = whole.detector.slots["a"].model
+    assert model is not None and model.error_scale.device.type == device
+    assert torch.isfinite(model.error_scale).all()
+    scores = np.concatenate([r.scores for r in results])
+    alerts = [a for r in results for a in r.alerts]
+    spiked = {(a.key, a.top_features[0]["feature"]) for a in alerts if a.sequence in SPIKES}
+    assert spiked == {("a", "z"), ("b", "z")}, [(a.key, a.sequence) for a in alerts]
+
+    cut = 900
+    first = Pipeline(cfg)
+    before = run(first, stream[:cut])
+    state = first.get_state()
+    live = first.detector.slots["a"].model
+    path = save_model(tmp_path, "a", 1, live, {})
+    first.close()
+    loaded, _ = load_model(path)  # read on the CPU
+    assert torch.equal(loaded.error_scale, live.error_scale.cpu())
+    second = Pipeline(cfg)
+    second.set_state(state)
+    after = run(second, stream[cut:])
+    second.close()
+    # A retraining after the cut runs again; GPU kernels may train to slightly different weights.
+    resumed = np.concatenate([r.scores for r in before + after])
+    np.testing.assert_allclose(resumed, scores, rtol=1e-3, equal_nan=True)
+    assert [a.alert_id for r in before + after for a in r.alerts] == [a.alert_id for a in alerts]
