@@ -6,7 +6,7 @@ in string values are replaced from the environment before validation.
 
 >>> cfg = Config()
 >>> cfg.window.length, cfg.model.cell, cfg.threshold.method
-(64, 'lstm', 'quantile')
+(64, 'lstm', 'spot')
 >>> load_config_text("model: {hidden_size: -1}")
 Traceback (most recent call last):
 ...
@@ -147,18 +147,18 @@ class ThresholdConfig(_Section):
     ``likelihood`` uses risk/short/alpha;
     ``river_quantile`` (river's QuantileFilter rule) uses quantile."""
 
-    method: Literal["quantile", "ewma", "spot", "likelihood", "river_quantile"] = "quantile"
+    method: Literal["quantile", "ewma", "spot", "likelihood", "river_quantile"] = "spot"
     quantile: float = Field(0.995, gt=0.5, lt=1.0)
     window: int = Field(2000, ge=10)
     margin: float = Field(1.0, gt=0.0)
     alpha: float = Field(0.01, gt=0.0, lt=1.0)
     k: float = Field(4.0, gt=0.0)
-    min_samples: int = Field(30, ge=1)
+    min_samples: int = Field(200, ge=1)
     risk: float = Field(1e-4, gt=0.0, lt=0.5)
     level: float = Field(0.98, gt=0.5, lt=1.0)
     depth: int = Field(0, ge=0, le=10_000)
     short: int = Field(10, ge=1, le=10_000)
-    calibration: Literal["warmup", "live"] = "warmup"
+    calibration: Literal["warmup", "live"] = "live"
 
 
 class HstConfig(_Section):
@@ -197,7 +197,7 @@ class RetrainingConfig(_Section):
 
 class AlertConfig(_Section):
     min_consecutive: int = Field(1, ge=1)
-    cooldown_events: int = Field(64, ge=0)
+    cooldown_events: int = Field(256, ge=0)
 
 
 class SinkConfig(_Section):

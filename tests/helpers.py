@@ -15,7 +15,14 @@ def small_config(**sections: dict) -> Config:
         "window": {"length": 16},
         "model": {"hidden_size": 8, "device": "cpu"},
         "training": {"warmup_events": 150, "epochs": 8},
-        "threshold": {"min_samples": 20, "quantile": 0.99, "window": 500},
+        # The quantile threshold calibrated on the warm-up windows: alerts soon after warm-up.
+        "threshold": {
+            "method": "quantile",
+            "calibration": "warmup",
+            "min_samples": 20,
+            "quantile": 0.99,
+            "window": 500,
+        },
         "alerts": {"cooldown_events": 16},
     }
     for name, values in sections.items():

@@ -104,6 +104,24 @@ def test_replay_prints_alerts_on_stdout_by_default(tmp_path):
     assert alerts and all(a["key"] == "machine" for a in alerts)
 
 
+def test_the_defaults_alert_once_on_each_injected_anomaly_of_the_example(tmp_path):
+    """`make demo`'s claim: no config, the full default model; the spike, the level drop and
+    the flattened cycle that examples/make_example.py injects each raise one alert."""
+    out = anomalyd("replay", "examples/machine.csv", "--alerts", str(tmp_path / "a.jsonl"))
+    assert out.returncode == 0, out.stderr
+    alerts = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    day = 288  # five-minute rows
+    injected = [
+        (5 * day + 100, 5 * day + 103),
+        (8 * day + 40, 8 * day + 70),
+        (10 * day + 150, 10 * day + 250),
+    ]
+    # an anomaly stays in the next 64-row windows: an alert up to there is on time
+    for start, end in injected:
+        assert sum(start <= a["sequence"] < end + 64 for a in alerts) == 1, (start, alerts)
+    assert len(alerts) == len(injected)
+
+
 @pytest.mark.parametrize("args", [["replay"], ["replay", "x.csv", "--bogus"], ["frobnicate"]])
 def test_usage_errors_exit_2(args):
     assert anomalyd(*args).returncode == 2
