@@ -14,6 +14,11 @@ settings across keys:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
 
 def step(
     run: int, quiet: int, anomalous: bool, min_consecutive: int, cooldown_events: int
@@ -49,3 +54,15 @@ class AlertGate:
             self.run, self.quiet, anomalous, self.min_consecutive, self.cooldown_events
         )
         return alert
+
+
+def top_features(errors: np.ndarray, names: Sequence[str], n: int) -> list[dict[str, Any]]:
+    """The ``n`` features with the largest errors, largest first (ties in feature order), each
+    with its share of the window's total error: what an alert says caused it.
+
+    >>> top_features(np.array([0.1, 0.6, 0.3]), ["a", "b", "c"], 2)
+    [{'feature': 'b', 'error': 0.6, 'share': 0.6}, {'feature': 'c', 'error': 0.3, 'share': 0.3}]
+    """
+    total = float(errors.sum()) or 1.0
+    top = np.argsort(-errors, kind="stable")[:n]
+    return [{"feature": names[i], "error": float(errors[i]), "share": float(errors[i]) / total} for i in top]

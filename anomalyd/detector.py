@@ -16,80 +16,24 @@ import itertools
 import math
 import threading
 import time
-from array import array
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from river.drift import ADWIN
 
 from anomalyd.carry import CarriedStates
-from anomalyd.config import ModelConfig, RetrainingConfig, TrainingConfig
+from anomalyd.config import Config, ModelConfig, RetrainingConfig, TrainingConfig
 from anomalyd.model import Kind, ModelArgs, WindowModel, build_model, resolve_device, window_errors
+from anomalyd.retraining import DriftMonitor, RetrainJob, RetrainOutcome
 from anomalyd.scaling import ScaleMeasurement, hand_over_scale
-from anomalyd.training import Candidate, FitReport, challenge, fit
+from anomalyd.training import FitReport, challenge, fit
 
 SHARED = ""
 _MIN_PART = 64  # windows: below this a part costs more in thread hand-offs than it saves
-
-
-@dataclass
-class RetrainJob:
-    future: Future[Candidate]
-    swap_at: int  # the slot's `scored` count after which the candidate is judged and swapped in
-    reason: str
-    data: np.ndarray  # what the candidate trains on (kept so a snapshot can restart the job)
-    seed: int
-
-
-class DriftMonitor:
-    """river's ADWIN over a model's score stream, rebuilt on demand from its own history.
-
-    ADWIN keeps no serialisable state, so the monitor keeps the scores it was fed since its
-    last reset (at most ``limit``; past that it restarts on the newest half). Feeding the
-    same history to a fresh ADWIN gives the same detector: that is how snapshots restore it.
-    """
-
-    def __init__(self, delta: float, history: np.ndarray | None = None, limit: int = 8192):
-        self.delta = delta
-        self.limit = limit
-        self.history = array("d")
-        self._adwin = ADWIN(delta=delta)
-        if history is not None:
-            self._refeed(history.tolist())
-
-    def _refeed(self, scores: list[float]) -> bool:
-        self.history = array("d", scores)
-        self._adwin = ADWIN(delta=self.delta)
-        for score in scores:
-            self._adwin.update(score)
-        return bool(self._adwin.drift_detected)
-
-    def update(self, score: float) -> bool:
-        """Feed one score; True when ADWIN detects a change at it."""
-        self.history.append(score)
-        if len(self.history) > self.limit:
-            return self._refeed(self.history[-(self.limit // 2) :].tolist())
-        self._adwin.update(score)
-        return bool(self._adwin.drift_detected)
-
-
-@dataclass(frozen=True)
-class RetrainOutcome:
-    """What one retraining came to; the pipeline reports it, the service logs it."""
-
-    model_id: str
-    version: int  # the live version afterwards
-    promoted: bool
-    reason: str
-    windows: int
-    validation_loss: float
-    champion_loss: float
-    scale: float
 
 
 @dataclass
@@ -429,3 +373,14 @@ class Detector:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+
+
+def make_detector(config: Config, n_features: int) -> Detector:
+    """The scorer ``config.detector`` names: the autoencoder, the forecaster, or the
+    HalfSpaceTrees baseline."""
+    args = (config.model, config.training, n_features, config.window.length, config.retraining)
+    if config.detector == "hst":
+        from anomalyd.baseline import HstDetector
+
+        return HstDetector(config.hst, *args)
+    return Detector(*args, kind=config.detector)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from anomalyd.thresholds import Threshold
 from anomalyd.windows import WindowStore
@@ -35,6 +36,26 @@ class KeyState:
     # The alert gate's counters (anomalyd.alerting.step); its settings are the pipeline's.
     run: int = 0
     quiet: int = 0
+
+    def get_state(self) -> dict[str, Any]:
+        """This key's state as numbers (a snapshot's ``keys`` entry, :mod:`anomalyd.snapshot`)."""
+        return {
+            "index": self.index,
+            "model_id": self.model_id,
+            "warmup": self.warmup,
+            "sequence": self.sequence,
+            "quarantine": self.quarantine,
+            "gate": [self.run, self.quiet],
+            "threshold": self.threshold.get_state(),
+        }
+
+    def set_state(self, saved: dict[str, Any]) -> None:
+        """Take over what :meth:`get_state` gave (the row, ``index``, is the caller's to place)."""
+        self.model_id = str(saved["model_id"])
+        self.warmup, self.sequence = int(saved["warmup"]), int(saved["sequence"])
+        self.quarantine = int(saved["quarantine"])
+        self.run, self.quiet = (int(v) for v in saved["gate"])
+        self.threshold.set_state(saved["threshold"])
 
 
 class KeyStates(Mapping[str, KeyState]):

@@ -9,9 +9,11 @@ window in stream order.
 A key goes through three states:
 
 1. *warming up* (its first ``warmup`` events): windows are kept to train on, nothing is
-   scored in the output. When the key's model is trained its threshold is calibrated on
-   the scores of those windows.
-2. *ready*: each window is scored; the threshold classifies then updates; the alert gate
+   scored in the output. With ``threshold.calibration: warmup``, when the key's model is
+   trained its threshold is calibrated on the scores of those windows.
+2. *calibrating* (``calibration: live``, the default): the first ``threshold.min_samples``
+   scores after warm-up only feed the threshold; no row is flagged.
+3. *ready*: each window is scored; the threshold classifies then updates; the alert gate
    turns runs of anomalous points into alerts.
 """
 
@@ -29,11 +31,12 @@ import numpy as np
 
 from anomalyd import alerting
 from anomalyd.config import Config
-from anomalyd.detector import Detector, RetrainOutcome
+from anomalyd.detector import make_detector
 from anomalyd.events import Alert, DeadLetter, Event, alert_id
 from anomalyd.features import FeatureTransform
 from anomalyd.keystates import KeyState, KeyStates
 from anomalyd.model import WindowModel
+from anomalyd.retraining import RetrainOutcome
 from anomalyd.sources.base import Batch
 from anomalyd.thresholds import make_threshold
 from anomalyd.windows import WindowStore
@@ -217,19 +220,7 @@ class Pipeline:
     def get_state(self) -> dict[str, Any]:
         """All per-key and per-model state, as numbers, arrays and tensors (see :mod:`anomalyd.snapshot`)."""
         names = self.windows.names
-        keys = {
-            names[st.index]: {
-                "index": st.index,
-                "model_id": st.model_id,
-                "warmup": st.warmup,
-                "sequence": st.sequence,
-                "quarantine": st.quarantine,
-                "gate": [st.run, st.quiet],
-                "threshold": st.threshold.get_state(),
-            }
-            for st in self.states.rows
-            if st is not None
-        }
+        keys = {names[st.index]: st.get_state() for st in self.states.rows if st is not None}
         return {
             "keys": keys,
             "windows": self.windows.get_state(),
@@ -243,12 +234,7 @@ class Pipeline:
         self.features.set_state(state["features"])
         self.states.clear()
         for key, saved in state["keys"].items():
-            st = self._new_state(key, int(saved["index"]))
-            st.model_id = str(saved["model_id"])
-            st.warmup, st.sequence = int(saved["warmup"]), int(saved["sequence"])
-            st.quarantine = int(saved["quarantine"])
-            st.run, st.quiet = (int(v) for v in saved["gate"])
-            st.threshold.set_state(saved["threshold"])
+            self._new_state(key, int(saved["index"])).set_state(saved)
         self.detector.set_state(state["models"])
 
     def close(self) -> None:
@@ -428,8 +414,6 @@ class Pipeline:
         self, event: Event, state: KeyState, sequence: int, score: float, limit: float, errors: np.ndarray
     ) -> Alert:
         version = self.detector.slot(state.model_id).version
-        total = float(errors.sum()) or 1.0
-        top = np.argsort(-errors, kind="stable")[:TOP_FEATURES]
         return Alert(
             alert_id=alert_id(event.key, sequence, version),
             key=event.key,
@@ -437,29 +421,11 @@ class Pipeline:
             score=score,
             threshold=limit,
             values=dict(zip(self.config.input.value_fields, event.values.tolist(), strict=True)),
-            top_features=[
-                {
-                    "feature": self.features.names[i],
-                    "error": float(errors[i]),
-                    "share": float(errors[i]) / total,
-                }
-                for i in top
-            ],
+            top_features=alerting.top_features(errors, self.features.names, TOP_FEATURES),
             model_version=version,
             sequence=sequence,
             source=event.source,
         )
-
-
-def make_detector(config: Config, n_features: int) -> Detector:
-    """The scorer ``config.detector`` names: the autoencoder, the forecaster, or the
-    HalfSpaceTrees baseline."""
-    args = (config.model, config.training, n_features, config.window.length, config.retraining)
-    if config.detector == "hst":
-        from anomalyd.baseline import HstDetector
-
-        return HstDetector(config.hst, *args)
-    return Detector(*args, kind=config.detector)
 
 
 def _hash(config: Config, sections: tuple[str, ...]) -> str:

@@ -7,8 +7,8 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 
-from anomalyd.detector import RetrainJob
 from anomalyd.pipeline import Pipeline
+from anomalyd.retraining import RetrainJob
 from anomalyd.training import Candidate, FitReport
 
 from .helpers import batches, sine_events, small_config
