@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -26,6 +27,14 @@ class Metrics:
         r = self.registry
         self.events = Counter("anomalyd_events", "Events scored or warming up", registry=r)
         self.alerts = Counter("anomalyd_alerts", "Alerts raised", registry=r)
+        # flagged / decisions is the share of points above their key's threshold: near the
+        # threshold's risk (spot) or 1 - quantile while it is calibrated as it should be.
+        self.decisions = Counter(
+            "anomalyd_decisions",
+            "Events a calibrated threshold decided on (past warm-up and calibration)",
+            registry=r,
+        )
+        self.flagged = Counter("anomalyd_flagged", "Events above their key's threshold", registry=r)
         self.dead_letters = Counter("anomalyd_dead_letters", "Records dead-lettered", registry=r)
         self.batch_seconds = Histogram(
             "anomalyd_batch_seconds",
@@ -57,6 +66,8 @@ class Metrics:
     def observe(self, result: BatchResult) -> None:
         self.events.inc(len(result.events))
         self.alerts.inc(len(result.alerts))
+        self.decisions.inc(int(np.isfinite(result.thresholds).sum()))
+        self.flagged.inc(int(result.anomalous.sum()))
         self.dead_letters.inc(len(result.dead_letters))
         if result.events or result.dead_letters:
             self.batch_seconds.observe(result.seconds)

@@ -46,3 +46,15 @@ def test_metrics_count_a_batch():
     assert "anomalyd_model_version 2.0" in text
     assert 'anomalyd_consumer_lag{partition="1",topic="in"} 42.0' in text
     assert "anomalyd_batch_seconds_count 1.0" in text
+
+
+def test_metrics_count_decisions_and_flagged_points():
+    """Rows without a threshold (warm-up, calibration) are not decisions."""
+    metrics = Metrics()
+    events = [Event("k", "t", 0.0, np.array([1.0]), {}) for _ in range(5)]
+    thresholds = np.array([np.nan, np.nan, 1.0, 1.0, 1.0])
+    flags = np.array([False, False, True, False, True])
+    metrics.observe(BatchResult(events, np.ones(5), thresholds, flags))
+    text = metrics.exposition().decode()
+    assert "anomalyd_decisions_total 3.0" in text
+    assert "anomalyd_flagged_total 2.0" in text
