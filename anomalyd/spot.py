@@ -267,11 +267,10 @@ class SpotThreshold:
         var = max(v[_S2] / k - mean * mean, 0.0)
         ratio = self._settings.risk * v[_N] / k
         if var <= 0.0 or mean <= 0.0:  # too few peaks: an exponential tail
-            v[_GAMMA], v[_SIGMA] = 0.0, mean
-            v[_Z] = t + mean * -math.log(ratio)
-            return
-        gamma = 0.5 * (1.0 - mean * mean / var)
-        sigma = 0.5 * mean * (mean * mean / var + 1.0)
+            gamma, sigma = 0.0, mean
+        else:
+            gamma = 0.5 * (1.0 - mean * mean / var)
+            sigma = 0.5 * mean * (mean * mean / var + 1.0)
         v[_GAMMA], v[_SIGMA] = gamma, sigma
         if abs(gamma) < 1e-6:
             v[_Z] = t - sigma * math.log(ratio)
