@@ -39,12 +39,15 @@ from typing import Any
 import numpy as np
 from common import WINDOW, Num, header, parse_args, quiet_logs, replay_config, rss_bytes, table
 
+from anomalyd.config import ThresholdConfig
+
 FULL = [1_000, 10_000, 100_000]
 SMOKE = [20, 100]
 GROWTH_KEYS = {False: 1_000, True: 20}
 REAL_KEYS = [1_000, 3_000]  # key counts scored with the real forward pass (full size only)
 GROWTH_MULTIPLES = [1, 2, 5, 10]
 METHODS = ["quantile", "spot", "likelihood", "ewma", "river_quantile"]
+DEFAULT = ThresholdConfig().method  # the config's default threshold
 BATCH = 1024
 MIB = 1024 * 1024
 
@@ -197,9 +200,9 @@ def extra(parser: Any) -> None:
         "--threshold",
         nargs="+",
         choices=METHODS,
-        default=["spot"],
+        default=[DEFAULT],
         metavar="METHOD",
-        help=f"threshold methods to measure, each in children of its own (default: spot; of {METHODS})",
+        help=f"threshold methods to measure, each in children of its own (default: {DEFAULT}; of {METHODS})",
     )
 
 
