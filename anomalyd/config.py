@@ -127,6 +127,7 @@ class ModelConfig(_Section):
     score_steps: int = Field(1, ge=1, le=4096)
     carry_state: bool = False
     normalise_errors: bool = False
+    members: int = Field(1, ge=1, le=64)
 
 
 class TrainingConfig(_Section):
@@ -360,6 +361,11 @@ class Config(_Section):
             raise ValueError(
                 "model.carry_state (true) needs detector: forecaster, model.score_steps 1 and "
                 "window.stride 1: the state reads every value of its key, one at a time"
+            )
+        if self.model.carry_state and self.model.members > 1:
+            raise ValueError(
+                f"model.carry_state (true) needs model.members 1, got {self.model.members}: "
+                "a carried state belongs to one network"
             )
         if self.model.normalise_errors and (self.detector == "hst" or self.threshold.calibration != "live"):
             raise ValueError(

@@ -83,6 +83,7 @@ class Detector:
             kind=kind,
             score_steps=model.score_steps,
             normalise_errors=model.normalise_errors,
+            members=model.members,
         )
         self.device = resolve_device(model.device)
         # Scoring threads, each with one torch thread, each scoring its own part of a batch:

@@ -14,6 +14,8 @@ its typical error (the ``error_scale`` buffer, measured live: :mod:`anomalyd.sca
   "Detecting Spacecraft Anomalies Using LSTMs and Nonparametric Dynamic Thresholding", KDD
   2018). Half the work of the autoencoder per window, and a surprise counts in full the
   moment it arrives instead of being averaged into the window.
+- :class:`Ensemble` (``model.members`` > 1): that many networks of one kind, initialised apart
+  and trained on the same batches; the error is the mean of theirs.
 
 >>> args = ModelArgs(n_features=2, window_length=16, hidden_size=8)
 >>> model = build_model(args)
@@ -31,7 +33,7 @@ its typical error (the ``error_scale`` buffer, measured live: :mod:`anomalyd.sca
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -55,6 +57,7 @@ class ModelArgs:
     kind: Kind = "autoencoder"
     score_steps: int = 1  # forecaster: the score averages the newest values' errors
     normalise_errors: bool = False  # each feature's error over its typical one (anomalyd.scaling)
+    members: int = 1  # > 1: that many networks of this kind, their errors averaged (Ensemble)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +122,10 @@ class WindowModel(nn.Module):
         """Squared error per window and feature (B, F)."""
         raise NotImplementedError
 
+    def parameter_groups(self) -> list[list[nn.Parameter]]:
+        """The parameters whose gradient is clipped as one (an ensemble's members apart)."""
+        return [list(self.parameters())]
+
 
 class Autoencoder(WindowModel):
     def __init__(self, args: ModelArgs, generator: torch.Generator | None = None):
@@ -181,9 +188,52 @@ class Forecaster(WindowModel):
         return (self.head(out[:, -steps:]) - x[:, -steps:]).pow(2).mean(dim=1)
 
 
-def build_model(args: ModelArgs, generator: torch.Generator | None = None) -> WindowModel:
-    """The model ``args.kind`` names, its weights drawn from ``generator``."""
+class Ensemble(WindowModel):
+    """``args.members`` networks of one kind, each with its own initial weights, trained on the
+    same batches; a window's error is the mean of the members' errors.
+
+    One network's errors carry the accidents of its initialisation: on NAB, the same config
+    with seeds 0, 1 and 2 scored 49.4, 37.9 and 41.6. The mean of independently initialised
+    networks keeps what they agree on (Lakshminarayanan et al., "Simple and Scalable Predictive
+    Uncertainty Estimation using Deep Ensembles", 2017). Each member costs a full forward pass.
+    """
+
+    def __init__(self, args: ModelArgs, generator: torch.Generator | None = None):
+        super().__init__()
+        self.args = args
+        single = replace(args, members=1, normalise_errors=False)
+        self.members = nn.ModuleList(_build_single(single, generator) for _ in range(args.members))
+        self._register_error_scale()
+
+    def nets(self) -> list[WindowModel]:
+        """The members, typed."""
+        return [member for member in self.members if isinstance(member, WindowModel)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' mean output."""
+        return torch.stack([member(x) for member in self.nets()]).mean(dim=0)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum of the members' losses: each member's gradient is the one it would get alone."""
+        return torch.stack([member.loss(x) for member in self.nets()]).sum()
+
+    def errors(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member.errors(x) for member in self.nets()]).mean(dim=0)
+
+    def parameter_groups(self) -> list[list[nn.Parameter]]:
+        return [list(member.parameters()) for member in self.members]
+
+
+def _build_single(args: ModelArgs, generator: torch.Generator | None) -> WindowModel:
     return Forecaster(args, generator) if args.kind == "forecaster" else Autoencoder(args, generator)
+
+
+def build_model(args: ModelArgs, generator: torch.Generator | None = None) -> WindowModel:
+    """The model ``args.kind`` names (``args.members`` of them averaged when more than one),
+    its weights drawn from ``generator``."""
+    if args.members > 1:
+        return Ensemble(args, generator)
+    return _build_single(args, generator)
 
 
 def window_errors(model: WindowModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,7 +66,8 @@ def fit(
             optimiser.zero_grad(set_to_none=True)
             loss = model.loss(batch)
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            for group in model.parameter_groups():
+                nn.utils.clip_grad_norm_(group, config.grad_clip)
             optimiser.step()
             total += float(loss.detach()) * len(batch)
         train_loss = total / len(train)

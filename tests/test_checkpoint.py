@@ -1,9 +1,11 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
 from anomalyd.checkpoint import atomic_write, list_models, load_model, model_dir, save_model
 from anomalyd.errors import ModelError
-from anomalyd.model import Autoencoder, ModelArgs
+from anomalyd.model import Autoencoder, ModelArgs, build_model, window_errors
 
 ARGS = ModelArgs(n_features=2, window_length=8, hidden_size=4, cell="gru")
 
@@ -108,3 +110,14 @@ def test_the_error_scale_is_saved_with_the_weights(tmp_path):
     assert loaded.error_scale.tolist() == [0.5, 2.0]
     with pytest.raises(ModelError, match="was made for"):  # a checkpoint without it is another model
         load_model(save_model(tmp_path, "k", 2, Autoencoder(ARGS), {}), expected=args)
+
+
+def test_an_ensemble_round_trips_with_its_members(tmp_path):
+    args = ModelArgs(n_features=2, window_length=8, hidden_size=4, members=3, normalise_errors=True)
+    model = build_model(args, torch.Generator().manual_seed(3))
+    model.error_scale.copy_(torch.tensor([0.5, 2.0]))
+    loaded, _ = load_model(save_model(tmp_path, "k", 1, model, {}), expected=args)
+    x = torch.randn(4, 8, 2)
+    assert torch.equal(window_errors(model, x)[0], window_errors(loaded, x)[0])
+    with pytest.raises(ModelError, match="was made for"):  # three members are not one
+        load_model(save_model(tmp_path, "k", 2, model, {}), expected=replace(args, members=1))

@@ -41,6 +41,11 @@ def test_shipped_configs_are_valid(name):
             "model.score_steps (13) must be <= 12 for window.length 16",
         ),
         ("model: {score_steps: 4}", "model.score_steps (4) applies to detector: forecaster only"),
+        ("model: {members: 0}", "model.members: got 0, expected a value >= 1"),
+        (
+            "detector: forecaster\nmodel: {carry_state: true, members: 3}",
+            "model.carry_state (true) needs model.members 1, got 3",
+        ),
         ("bogus: 1", "bogus: unknown key (expected one of: alerts, detector, hst, input,"),
         ("- 1\n- 2", "expected a mapping of sections"),
         ("model: [", "not valid YAML"),

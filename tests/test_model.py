@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import torch
 from anomalyd.config import TrainingConfig
 from anomalyd.model import (
     Autoencoder,
+    Ensemble,
     Forecaster,
     ModelArgs,
     build_model,
@@ -203,3 +205,57 @@ def test_a_new_model_takes_over_the_scale_so_its_errors_mean_the_same():
     after = window_errors(new, windows)[1].mean(dim=0)
     assert torch.allclose(before, after, rtol=1e-4)
     assert not torch.allclose(new.error_scale, old.error_scale)
+
+
+@pytest.mark.parametrize("kind", ["autoencoder", "forecaster"])
+def test_an_ensemble_scores_the_mean_of_its_differently_initialised_members(kind):
+    args = ModelArgs(n_features=2, window_length=12, hidden_size=8, kind=kind, members=3)
+    model = build_model(args, torch.Generator().manual_seed(0))
+    assert isinstance(model, Ensemble) and len(model.members) == 3
+    assert all(member.args.members == 1 for member in model.members)
+    heads = [member.head.weight for member in model.members]
+    assert not torch.equal(heads[0], heads[1]) and not torch.equal(heads[1], heads[2])
+    x = torch.randn(5, 12, 2)
+    scores, per_feature = window_errors(model, x)
+    each = torch.stack([window_errors(member, x)[1] for member in model.members])
+    assert torch.allclose(per_feature, each.mean(dim=0))
+    assert torch.allclose(scores, per_feature.mean(dim=1))
+    assert not isinstance(build_model(ModelArgs(n_features=2, window_length=12)), Ensemble)
+
+
+def test_each_member_learns_as_if_alone():
+    """The summed loss gives each member its own gradient, and clipping is per member: a
+    member's update does not shrink because another's gradient is large."""
+    args = ModelArgs(n_features=1, window_length=16, hidden_size=8, members=2)
+    model = build_model(args, torch.Generator().manual_seed(0))
+    x = torch.from_numpy(sine_windows(n=32))
+    x[:, :, 0] *= torch.tensor([1.0] * 16 + [50.0] * 16).unsqueeze(1)  # large errors, large gradients
+    model.loss(x).backward()
+    for member in model.members:
+        alone = build_model(replace(args, members=1))
+        alone.load_state_dict(member.state_dict())
+        alone.loss(x).backward()
+        for mine, theirs in zip(member.parameters(), alone.parameters(), strict=True):
+            assert mine.grad is not None and theirs.grad is not None
+            assert torch.allclose(mine.grad, theirs.grad, atol=1e-6)
+    assert len(model.parameter_groups()) == 2
+    assert [len(group) for group in model.parameter_groups()] == [
+        len(list(m.parameters())) for m in model.members
+    ]
+
+
+def test_an_ensemble_learns_and_scores_anomalies_higher():
+    windows = sine_windows(n=200)
+    single = ModelArgs(n_features=1, window_length=16, hidden_size=16)
+    cfg = TrainingConfig(epochs=15)
+    model, report = fit(replace(single, members=3), windows, cfg, 0, torch.device("cpu"))
+    assert math.isfinite(report.validation_loss)
+    broken = windows[:20].copy()
+    broken[:, -1, 0] += 4.0
+    assert (
+        window_errors(model, torch.from_numpy(broken))[0]
+        > window_errors(model, torch.from_numpy(windows[:20]))[0]
+    ).all()
+    untrained = build_model(replace(single, members=3), torch.Generator().manual_seed(0))
+    x = torch.from_numpy(windows)
+    assert window_errors(model, x)[0].mean() < 0.5 * window_errors(untrained, x)[0].mean()

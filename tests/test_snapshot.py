@@ -185,3 +185,30 @@ def test_a_snapshot_taken_while_the_error_scale_is_measured_resumes_exactly(tmp_
     assert alert_ids(before) + alert_ids(after) == expected
     scores = np.concatenate([r.scores for r in results])
     np.testing.assert_allclose(np.concatenate([r.scores for r in before + after]), scores, equal_nan=True)
+
+
+def test_an_ensemble_resumes_exactly_and_scores_unlike_one_network(tmp_path):
+    """Every member's weights, a retrained ensemble's included, come back from a snapshot."""
+    retraining = {"every_events": 300, "on_drift": False, "min_windows": 50, "swap_after_events": 60}
+    cfg = small_config(model={"members": 3}, retraining=retraining)
+    events = two_keys()
+    whole = Pipeline(cfg)
+    results = run(whole, events)
+    whole.close()
+    expected = alert_ids(results)
+    scores = np.concatenate([r.scores for r in results])
+    assert expected
+
+    one = Pipeline(small_config(retraining=retraining))
+    single = np.concatenate([r.scores for r in run(one, events)])
+    one.close()
+    finite = np.isfinite(scores) & np.isfinite(single)
+    assert finite.sum() > 1000 and not np.allclose(scores[finite], single[finite])
+
+    before, second = resumed(tmp_path, cfg, events, 1100)
+    after = run(second, events[1100:])
+    versions = {slot.version for slot in second.detector.slots.values()}
+    second.close()
+    assert max(versions) >= 2  # a retrained ensemble went live before the cut or after it
+    assert alert_ids(before) + alert_ids(after) == expected
+    np.testing.assert_allclose(np.concatenate([r.scores for r in before + after]), scores, equal_nan=True)
