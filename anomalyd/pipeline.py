@@ -428,9 +428,18 @@ class Pipeline:
         )
 
 
+# Keys added to a section after snapshots and checkpoints of it existed, with the value that
+# means "as before": left out of the hash at that value, so an upgrade keeps the saved state.
+_ADDED_KEYS: dict[str, dict[str, Any]] = {"model": {"members": 1}}
+
+
 def _hash(config: Config, sections: tuple[str, ...]) -> str:
     dumped = config.model_dump(mode="json")
     shape = {k: dumped[k] for k in sections}
+    for section, added in _ADDED_KEYS.items():
+        for key, before in added.items():
+            if section in shape and shape[section].get(key) == before:
+                del shape[section][key]
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from anomalyd.config import Config, parse_config
 from anomalyd.pipeline import Pipeline
 from anomalyd.snapshot import SnapshotError, SnapshotStore
 
@@ -20,6 +21,14 @@ def alert_ids(results) -> list[str]:
 
 def run(pipeline, events):
     return [pipeline.process(b) for b in batches(events, 50)]
+
+
+def uninterrupted(cfg, events) -> tuple[list[str], np.ndarray]:
+    """One whole run's alert ids and scores."""
+    whole = Pipeline(cfg)
+    results = run(whole, events)
+    whole.close()
+    return alert_ids(results), np.concatenate([r.scores for r in results])
 
 
 @pytest.mark.parametrize(
@@ -147,11 +156,7 @@ def test_carried_forecaster_states_resume_exactly(tmp_path):
         retraining={"every_events": 300, "on_drift": False, "min_windows": 50, "swap_after_events": 60},
     )
     events = two_keys()
-    whole = Pipeline(cfg)
-    results = run(whole, events)
-    whole.close()
-    expected = alert_ids(results)
-    scores = np.concatenate([r.scores for r in results])
+    expected, scores = uninterrupted(cfg, events)
     assert expected
 
     before, second = resumed(tmp_path, cfg, events, 1100)
@@ -171,10 +176,7 @@ def test_a_snapshot_taken_while_the_error_scale_is_measured_resumes_exactly(tmp_
         threshold={"calibration": "live", "min_samples": 40},
     )
     events = two_keys()
-    whole = Pipeline(cfg)
-    results = run(whole, events)
-    whole.close()
-    expected = alert_ids(results)
+    expected, scores = uninterrupted(cfg, events)
     assert expected
 
     before, second = resumed(tmp_path, cfg, events, 330)  # each key at 165, a few past warm-up
@@ -183,7 +185,6 @@ def test_a_snapshot_taken_while_the_error_scale_is_measured_resumes_exactly(tmp_
     after = run(second, events[330:])
     second.close()
     assert alert_ids(before) + alert_ids(after) == expected
-    scores = np.concatenate([r.scores for r in results])
     np.testing.assert_allclose(np.concatenate([r.scores for r in before + after]), scores, equal_nan=True)
 
 
@@ -192,16 +193,10 @@ def test_an_ensemble_resumes_exactly_and_scores_unlike_one_network(tmp_path):
     retraining = {"every_events": 300, "on_drift": False, "min_windows": 50, "swap_after_events": 60}
     cfg = small_config(model={"members": 3}, retraining=retraining)
     events = two_keys()
-    whole = Pipeline(cfg)
-    results = run(whole, events)
-    whole.close()
-    expected = alert_ids(results)
-    scores = np.concatenate([r.scores for r in results])
+    expected, scores = uninterrupted(cfg, events)
     assert expected
 
-    one = Pipeline(small_config(retraining=retraining))
-    single = np.concatenate([r.scores for r in run(one, events)])
-    one.close()
+    _, single = uninterrupted(small_config(retraining=retraining), events)
     finite = np.isfinite(scores) & np.isfinite(single)
     assert finite.sum() > 1000 and not np.allclose(scores[finite], single[finite])
 
@@ -212,3 +207,14 @@ def test_an_ensemble_resumes_exactly_and_scores_unlike_one_network(tmp_path):
     assert max(versions) >= 2  # a retrained ensemble went live before the cut or after it
     assert alert_ids(before) + alert_ids(after) == expected
     np.testing.assert_allclose(np.concatenate([r.scores for r in before + after]), scores, equal_nan=True)
+
+
+def test_snapshots_and_checkpoints_of_the_version_before_members_still_match():
+    """``model.members`` came later: at 1 it leaves the hashes as they were (values computed by
+    the version before it), so an upgrade keeps the saved state; at 3 they change."""
+    before = Pipeline(Config())
+    assert (before.config_hash, before.state_hash) == ("e1dcc46a4312c307", "5fbe435fe994d767")
+    before.close()
+    three = Pipeline(parse_config({"model": {"members": 3}}))
+    assert three.config_hash != "e1dcc46a4312c307" and three.state_hash != "5fbe435fe994d767"
+    three.close()
