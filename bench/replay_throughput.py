@@ -66,10 +66,13 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0], options)
     quiet_logs()
     if args.profile:
-        profile(args.smoke, replay_config(1024, args.detector, args.device, args.carry_state))
+        profile(
+            args.smoke, replay_config(1024, args.detector, args.device, args.carry_state, **members(args))
+        )
         return
     header(
-        f"replay throughput ({args.detector}{', carried state' if args.carry_state else ''}, {args.device}): "
+        f"replay throughput ({args.detector}{', carried state' if args.carry_state else ''}"
+        f"{f', {args.members} members' if args.members > 1 else ''}, {args.device}): "
         "anomalyd.app.replay vs river HST and a rolling z-score",
         args.smoke,
     )
@@ -83,7 +86,7 @@ def main() -> None:
             path = Path(tmp) / f"stream-{keys}.csv"
             write_stream_csv(path, values)
             modes = (MODEL_1, MODEL_2, NO_MODEL)
-            config = replay_config(batch_size, args.detector, args.device, args.carry_state)
+            config = replay_config(batch_size, args.detector, args.device, args.carry_state, **members(args))
             run = replay_steady(path, config, modes, block, Path(tmp), budget_s, 10)
             path.unlink()
             baselines = {
@@ -127,8 +130,16 @@ def main() -> None:
     )
 
 
+def members(args: argparse.Namespace) -> dict[str, dict[str, int]]:
+    """The ``model.members`` section for ``--members`` (nothing for one: older versions lack it)."""
+    return {"model": {"members": args.members}} if args.members > 1 else {}
+
+
 def options(parser: argparse.ArgumentParser) -> None:
     detector_option(parser)
+    parser.add_argument(
+        "--members", type=int, default=1, help="model.members: networks averaged per score (default 1)"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the 1,000-key case instead")
     parser.add_argument(
         "--keys",

@@ -39,3 +39,23 @@ def test_bench_script_runs_at_smoke_sizes(script: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     header = " ".join(SCRIPTS[script].split())
     assert any(header in " ".join(line.split()) for line in done.stdout.splitlines()), done.stdout[-3000:]
+
+
+def test_replay_throughput_times_an_ensemble() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "replay_throughput.py"),
+            "--smoke",
+            "--members",
+            "2",
+            "--keys",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "(autoencoder, 2 members, cpu)" in done.stdout, done.stdout[-3000:]
