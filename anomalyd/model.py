@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -206,8 +206,8 @@ class Ensemble(WindowModel):
         self._register_error_scale()
 
     def nets(self) -> list[WindowModel]:
-        """The members, typed."""
-        return [member for member in self.members if isinstance(member, WindowModel)]
+        """The members, typed (``nn.ModuleList`` holds plain modules)."""
+        return [cast(WindowModel, member) for member in self.members]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The members' mean output."""
@@ -221,7 +221,7 @@ class Ensemble(WindowModel):
         return torch.stack([member.errors(x) for member in self.nets()]).mean(dim=0)
 
     def parameter_groups(self) -> list[list[nn.Parameter]]:
-        return [list(member.parameters()) for member in self.members]
+        return [list(member.parameters()) for member in self.nets()]
 
 
 def _build_single(args: ModelArgs, generator: torch.Generator | None) -> WindowModel:
