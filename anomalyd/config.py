@@ -143,18 +143,23 @@ class TrainingConfig(_Section):
 
 
 class ThresholdConfig(_Section):
-    """Adaptive threshold. ``quantile`` uses quantile/window/margin; ``ewma`` uses alpha/k;
+    """Adaptive threshold. ``grade`` (the default) flags a score whose grade
+    (:mod:`anomalyd.grading`, learnt from the key's last ``grade_window`` scores) exceeds
+    ``grade``, once it has ``min_samples`` scores; ``quantile`` uses quantile/window/margin;
+    ``ewma`` uses alpha/k;
     ``spot`` uses risk/level/depth (and min_samples as its calibration size);
     ``likelihood`` uses risk/short/alpha;
     ``river_quantile`` (river's QuantileFilter rule) uses quantile."""
 
-    method: Literal["quantile", "ewma", "spot", "likelihood", "river_quantile"] = "spot"
+    method: Literal["grade", "quantile", "ewma", "spot", "likelihood", "river_quantile"] = "grade"
+    grade: float = Field(0.9999, gt=0.5, lt=1.0)
+    grade_window: int = Field(1000, ge=10, le=100_000)
     quantile: float = Field(0.995, gt=0.5, lt=1.0)
     window: int = Field(2000, ge=10)
     margin: float = Field(1.0, gt=0.0)
     alpha: float = Field(0.01, gt=0.0, lt=1.0)
     k: float = Field(4.0, gt=0.0)
-    min_samples: int = Field(200, ge=1)
+    min_samples: int = Field(64, ge=1)
     risk: float = Field(1e-4, gt=0.0, lt=0.5)
     level: float = Field(0.98, gt=0.5, lt=1.0)
     depth: int = Field(0, ge=0, le=10_000)

@@ -9,6 +9,7 @@ True
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,7 @@ class Alert:
     model_version: int
     sequence: int
     source: dict[str, Any]
+    grade: float = math.nan  # the score's grade for its key, in [0, 1]
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,6 +72,7 @@ class Alert:
             "key": self.key,
             "timestamp": self.timestamp,
             "score": self.score,
+            "grade": self.grade,
             "threshold": self.threshold,
             "values": self.values,
             "top_features": self.top_features,

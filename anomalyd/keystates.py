@@ -21,7 +21,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from anomalyd.thresholds import Threshold
+from anomalyd.grading import Grader
+from anomalyd.thresholds import GradeThreshold, Threshold
 from anomalyd.windows import WindowStore
 
 
@@ -36,6 +37,27 @@ class KeyState:
     # The alert gate's counters (anomalyd.alerting.step); its settings are the pipeline's.
     run: int = 0
     quiet: int = 0
+    # The key's grader when ``threshold`` decides on something else (a grade threshold holds
+    # its own): every scored event is graded, whatever decides.
+    own_grader: Grader | None = None
+
+    @property
+    def grader(self) -> Grader | None:
+        """What grades this key's scores (None: not graded)."""
+        threshold = self.threshold
+        return threshold.grader if isinstance(threshold, GradeThreshold) else self.own_grader
+
+    def learn(self, score: float) -> None:
+        """Feed ``score`` to the threshold and the grader."""
+        self.threshold.update(score)
+        if self.own_grader is not None:
+            self.own_grader.update(score)
+
+    def rescale(self, factor: float) -> None:
+        """Move the threshold and the grader to a new model's score scale."""
+        self.threshold.rescale(factor)
+        if self.own_grader is not None:
+            self.own_grader.rescale(factor)
 
     def get_state(self) -> dict[str, Any]:
         """This key's state as numbers (a snapshot's ``keys`` entry, :mod:`anomalyd.snapshot`)."""
@@ -47,6 +69,7 @@ class KeyState:
             "quarantine": self.quarantine,
             "gate": [self.run, self.quiet],
             "threshold": self.threshold.get_state(),
+            **({"grader": self.own_grader.get_state()} if self.own_grader is not None else {}),
         }
 
     def set_state(self, saved: dict[str, Any]) -> None:
@@ -56,6 +79,8 @@ class KeyState:
         self.quarantine = int(saved["quarantine"])
         self.run, self.quiet = (int(v) for v in saved["gate"])
         self.threshold.set_state(saved["threshold"])
+        if self.own_grader is not None and "grader" in saved:  # older snapshots have none
+            self.own_grader.set_state(saved["grader"])
 
 
 class KeyStates(Mapping[str, KeyState]):

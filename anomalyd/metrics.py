@@ -14,9 +14,41 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from anomalyd.pipeline import BatchResult
+
+
+class GradeHistogram:
+    """``anomalyd_grade``: the grades of the scored events, counted a batch at a time with
+    numpy (a Histogram's ``observe`` per event would cost a lock and a call each). The
+    buckets are where a grade's meaning lives: one in 10, 100 ... 100,000 normal events."""
+
+    BOUNDS = (0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999)
+
+    def __init__(self, registry: CollectorRegistry):
+        self._lock = threading.Lock()
+        self._counts = np.zeros(len(self.BOUNDS) + 1, dtype=np.int64)  # per bucket, not cumulative
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, grades: np.ndarray) -> None:
+        graded = grades[np.isfinite(grades)]
+        if not graded.size:
+            return
+        where = np.searchsorted(np.array(self.BOUNDS), graded, side="left")
+        with self._lock:
+            self._counts += np.bincount(where, minlength=self._counts.size)
+            self._sum += float(graded.sum())
+
+    def collect(self) -> list[HistogramMetricFamily]:
+        with self._lock:
+            cumulative, total = np.cumsum(self._counts).tolist(), self._sum
+        buckets = [(repr(b), c) for b, c in zip(self.BOUNDS, cumulative, strict=False)]
+        family = HistogramMetricFamily("anomalyd_grade", "Grades of the scored events (0 to 1)")
+        family.add_metric([], [*buckets, ("+Inf", cumulative[-1])], total)
+        return [family]
 
 
 class Metrics:
@@ -36,6 +68,7 @@ class Metrics:
         )
         self.flagged = Counter("anomalyd_flagged", "Events above their key's threshold", registry=r)
         self.dead_letters = Counter("anomalyd_dead_letters", "Records dead-lettered", registry=r)
+        self.grades = GradeHistogram(r)
         self.batch_seconds = Histogram(
             "anomalyd_batch_seconds",
             "Time to process one polled batch",
@@ -68,6 +101,7 @@ class Metrics:
         self.alerts.inc(len(result.alerts))
         self.decisions.inc(int(np.isfinite(result.thresholds).sum()))
         self.flagged.inc(int(result.anomalous.sum()))
+        self.grades.observe(result.grades)
         self.dead_letters.inc(len(result.dead_letters))
         if result.events or result.dead_letters:
             self.batch_seconds.observe(result.seconds)

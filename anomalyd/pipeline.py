@@ -38,7 +38,7 @@ from anomalyd.keystates import KeyState, KeyStates
 from anomalyd.model import WindowModel
 from anomalyd.retraining import RetrainOutcome
 from anomalyd.sources.base import Batch
-from anomalyd.thresholds import make_threshold
+from anomalyd.thresholds import make_grader, make_threshold
 from anomalyd.windows import WindowStore
 
 TOP_FEATURES = 3
@@ -53,6 +53,7 @@ class BatchResult:
 
     events: list[Event]
     scores: np.ndarray
+    grades: np.ndarray  # the score's grade for its key, in [0, 1] (NaN: not graded yet)
     thresholds: np.ndarray
     anomalous: np.ndarray
     alerts: list[Alert] = field(default_factory=list)
@@ -65,6 +66,7 @@ class BatchResult:
 @dataclass(slots=True)
 class _Outputs:
     scores: np.ndarray
+    grades: np.ndarray
     thresholds: np.ndarray
     flags: np.ndarray
     alerts: list[Alert]
@@ -117,6 +119,9 @@ class Pipeline:
                 model_id=self.detector.model_id(key),
                 warmup=self.warmup_for(key),
                 threshold=make_threshold(self.config.threshold),
+                own_grader=None
+                if self.config.threshold.method == "grade"
+                else make_grader(self.config.threshold),
             )
         )
         if self.config.window.normalise == "warmup":
@@ -147,12 +152,15 @@ class Pipeline:
         events, indices, values = self._features(batch.events, dead)
         windows = self._windows(events, indices, values)
         n = len(events)
-        out = _Outputs(np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool), [], [])
+        out = _Outputs(
+            np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool), [], []
+        )
         trained = self._walk(windows, events, out)
         seconds = time.perf_counter() - started
         return BatchResult(
-            events, out.scores, out.thresholds, out.flags, out.alerts, dead, trained, seconds, out.retrained
-        )
+            events, out.scores, out.grades, out.thresholds, out.flags, out.alerts, dead, trained, seconds,
+            out.retrained,
+        )  # fmt: skip
 
     def _features(
         self, records: list[Event], dead: list[DeadLetter]
@@ -257,7 +265,7 @@ class Pipeline:
         for index, score in scored:
             state = self.states.at(index)
             if state is not None and state.model_id == model_id:
-                state.threshold.update(score)
+                state.learn(score)
 
     def _score_pending(
         self, rows: list[int], decide: list[bool], windows: _Windows, events: list[Event], out: _Outputs
@@ -274,29 +282,28 @@ class Pipeline:
         views, observe = list(windows.stack), self.detector.observe  # one view per window, made in C
         slots, normalise = self.detector.slots, self.config.model.normalise_errors
         min_run, cooldown = self.config.alerts.min_consecutive, self.config.alerts.cooldown_events
-        decided: list[tuple[int, float, float, bool]] = []  # written to ``out`` at the end
+        decided: list[tuple[int, float, float, float, bool]] = []  # written to ``out`` at the end
         for i, (row, decides) in enumerate(zip(rows, decide, strict=True)):
             state, score = states[row], item_scores[i]
-            threshold = state.threshold
             if normalise and slots[state.model_id].measuring is not None:
                 self._measure(state, i, by_model[state.model_id], item_scores, errors)
                 if not decides:
                     continue
-                score, limit, anomalous = math.nan, math.nan, False  # no scale yet: no score
+                score, grade, limit, anomalous = math.nan, math.nan, math.nan, False  # no scale yet
             elif not decides:
-                threshold.update(score)
+                state.learn(score)
                 continue
             else:
-                limit = threshold.value
-                anomalous = threshold.classify(score)
-                threshold.update(score)
+                grade, limit, anomalous = _decide(state, score)
             position, sequence = positions[row], sequences[row]
-            decided.append((position, score, limit, anomalous))
+            decided.append((position, score, grade, limit, anomalous))
             state.run, state.quiet, alert = alerting.step(
                 state.run, state.quiet, anomalous, min_run, cooldown
             )
             if alert:
-                out.alerts.append(self._alert(events[position], state, sequence, score, limit, errors[i]))
+                out.alerts.append(
+                    self._alert(events[position], state, sequence, (score, grade, limit), errors[i])
+                )
             # A flagged point stays inside the key's next windows: none of them is learned from.
             if anomalous:
                 state.quarantine = sequence + self.config.window.length
@@ -313,9 +320,10 @@ class Pipeline:
                     for j, value in zip(rest, rescored.tolist(), strict=True):
                         item_scores[j] = value
         if decided:
-            at, values, limits, flags = zip(*decided, strict=True)
+            at, values, grades, limits, flags = zip(*decided, strict=True)
             where = list(at)
-            out.scores[where], out.thresholds[where], out.flags[where] = values, limits, flags
+            out.scores[where], out.grades[where], out.thresholds[where] = values, grades, limits
+            out.flags[where] = flags
 
     def _measure(
         self, state: KeyState, i: int, items: list[int], scores: list[float], errors: np.ndarray
@@ -398,7 +406,14 @@ class Pipeline:
         for state in self.states.rows:
             if state is None or state.model_id != model_id:
                 continue
-            state.threshold.rescale(scale)
+            state.rescale(scale)
+            grader = state.grader
+            if grader is not None:
+                # Half the grader's window from the new model's scores of the key's recent normal
+                # windows, beside the old model's rescaled: where it errs, not only how much.
+                grader.absorb(recent.get(state.index, [])[-self.config.threshold.grade_window // 2 :])
+            if self.config.threshold.method == "grade":
+                continue
             own = recent.get(state.index, [])[-self.config.threshold.window :]
             if len(own) < self.config.threshold.min_samples:
                 continue
@@ -411,14 +426,21 @@ class Pipeline:
                 state.threshold = rebuilt
 
     def _alert(
-        self, event: Event, state: KeyState, sequence: int, score: float, limit: float, errors: np.ndarray
+        self,
+        event: Event,
+        state: KeyState,
+        sequence: int,
+        decision: tuple[float, float, float],
+        errors: np.ndarray,
     ) -> Alert:
+        score, grade, limit = decision
         version = self.detector.slot(state.model_id).version
         return Alert(
             alert_id=alert_id(event.key, sequence, version),
             key=event.key,
             timestamp=event.timestamp,
             score=score,
+            grade=grade,
             threshold=limit,
             values=dict(zip(self.config.input.value_fields, event.values.tolist(), strict=True)),
             top_features=alerting.top_features(errors, self.features.names, TOP_FEATURES),
@@ -430,7 +452,10 @@ class Pipeline:
 
 # Keys added to a section after snapshots and checkpoints of it existed, with the value that
 # means "as before": left out of the hash at that value, so an upgrade keeps the saved state.
-_ADDED_KEYS: dict[str, dict[str, Any]] = {"model": {"members": 1}}
+_ADDED_KEYS: dict[str, dict[str, Any]] = {
+    "model": {"members": 1},
+    "threshold": {"grade": 0.9999, "grade_window": 1000},
+}
 
 
 def _hash(config: Config, sections: tuple[str, ...]) -> str:
@@ -441,6 +466,19 @@ def _hash(config: Config, sections: tuple[str, ...]) -> str:
             if section in shape and shape[section].get(key) == before:
                 del shape[section][key]
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _decide(state: KeyState, score: float) -> tuple[float, float, bool]:
+    """A ready key's grade of ``score``, its threshold and whether ``score`` is anomalous;
+    then the key learns the score."""
+    threshold, grader = state.threshold, state.grader
+    grade = grader.grade(score) if grader is not None else math.nan
+    limit = threshold.value
+    anomalous = (
+        grade > grader.cut if state.own_grader is None and grader is not None else threshold.classify(score)
+    )
+    state.learn(score)
+    return grade, limit, anomalous
 
 
 def _record(event: Event) -> dict[str, object]:

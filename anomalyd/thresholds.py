@@ -19,15 +19,18 @@ import numpy as np
 
 from anomalyd.config import ThresholdConfig
 from anomalyd.errors import ModelError
+from anomalyd.grading import Grader
 from anomalyd.spot import SpotThreshold
 
 __all__ = [
     "EwmaThreshold",
+    "GradeThreshold",
     "LikelihoodThreshold",
     "QuantileThreshold",
     "RiverQuantileThreshold",
     "SpotThreshold",
     "Threshold",
+    "make_grader",
     "make_threshold",
     "quantile",
 ]
@@ -63,6 +66,42 @@ def _ewm_step(mean: float, var: float, x: float, alpha: float, n: int) -> tuple[
     alpha = max(alpha, 1.0 / n)
     delta = x - mean
     return mean + alpha * delta, (1.0 - alpha) * (var + alpha * delta * delta)
+
+
+class GradeThreshold:
+    """Anomalous when the key's grade of the score (:class:`~anomalyd.grading.Grader`)
+    exceeds ``cut``: the same ``cut`` means the same rarity on every key and every model.
+
+    >>> th = GradeThreshold(Grader(window=100, min_samples=20, cut=0.999))
+    >>> for s in np.linspace(1.0, 2.0, 50):
+    ...     th.update(float(s))
+    >>> th.classify(30.0), th.classify(1.5), 2.0 < th.value < 30.0
+    (True, False, True)
+    """
+
+    __slots__ = ("grader",)
+
+    def __init__(self, grader: Grader):
+        self.grader = grader
+
+    @property
+    def value(self) -> float:
+        return self.grader.score_at(self.grader.cut)
+
+    def classify(self, score: float) -> bool:
+        return self.grader.grade(score) > self.grader.cut
+
+    def update(self, score: float) -> None:
+        self.grader.update(score)
+
+    def rescale(self, factor: float) -> None:
+        self.grader.rescale(factor)
+
+    def get_state(self) -> dict[str, Any]:
+        return self.grader.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.grader.set_state(state)
 
 
 class QuantileThreshold:
@@ -303,8 +342,15 @@ class RiverQuantileThreshold:
         raise ModelError("threshold 'river_quantile' cannot be snapshotted: run it without a state directory")
 
 
+def make_grader(config: ThresholdConfig) -> Grader:
+    """A key's grader, with the threshold section's window, sample count and cut."""
+    return Grader(config.grade_window, config.min_samples, config.grade)
+
+
 def make_threshold(config: ThresholdConfig) -> Threshold:
     """Build the threshold ``config.method`` names, with its parameters."""
+    if config.method == "grade":
+        return GradeThreshold(make_grader(config))
     if config.method == "quantile":
         return QuantileThreshold(config.quantile, config.window, config.margin, config.min_samples)
     if config.method == "ewma":

@@ -24,7 +24,8 @@ def test_shipped_configs_are_valid(name):
         ("model: {hiden_size: 3}", "model.hiden_size: unknown key (expected one of: carry_state, cell,"),
         (
             "threshold: {method: median}",
-            "threshold.method: got 'median', expected one of 'quantile', 'ewma', 'spot', 'likelihood' or "
+            "threshold.method: got 'median', expected one of 'grade', 'quantile', 'ewma', 'spot', "
+            "'likelihood' or "
             "'river_quantile'",
         ),
         ("window: {length: x}", "window.length: got 'x', expected a valid integer"),

@@ -38,7 +38,10 @@ def test_health_and_readiness_follow_their_callables():
 def test_metrics_count_a_batch():
     metrics = Metrics()
     events = [Event("k", "t", 0.0, np.array([1.0]), {}) for _ in range(3)]
-    result = BatchResult(events, np.zeros(3), np.zeros(3), np.zeros(3, bool), trained=[("", 2)], seconds=0.01)
+    grades = np.array([np.nan, 0.95, 0.99995])
+    result = BatchResult(
+        events, np.zeros(3), grades, np.zeros(3), np.zeros(3, bool), trained=[("", 2)], seconds=0.01
+    )
     metrics.observe(result)
     metrics.set_lag({("in", 1): 42})
     text = metrics.exposition().decode()
@@ -46,6 +49,12 @@ def test_metrics_count_a_batch():
     assert "anomalyd_model_version 2.0" in text
     assert 'anomalyd_consumer_lag{partition="1",topic="in"} 42.0' in text
     assert "anomalyd_batch_seconds_count 1.0" in text
+    # the histogram counts the graded rows only, each in its bucket and every one above
+    assert 'anomalyd_grade_bucket{le="0.9"} 0.0' in text
+    assert 'anomalyd_grade_bucket{le="0.99"} 1.0' in text
+    assert 'anomalyd_grade_bucket{le="0.9999"} 1.0' in text
+    assert 'anomalyd_grade_bucket{le="0.99999"} 2.0' in text
+    assert "anomalyd_grade_count 2.0" in text
 
 
 def test_metrics_count_decisions_and_flagged_points():
@@ -54,7 +63,7 @@ def test_metrics_count_decisions_and_flagged_points():
     events = [Event("k", "t", 0.0, np.array([1.0]), {}) for _ in range(5)]
     thresholds = np.array([np.nan, np.nan, 1.0, 1.0, 1.0])
     flags = np.array([False, False, True, False, True])
-    metrics.observe(BatchResult(events, np.ones(5), thresholds, flags))
+    metrics.observe(BatchResult(events, np.ones(5), np.full(5, np.nan), thresholds, flags))
     text = metrics.exposition().decode()
     assert "anomalyd_decisions_total 3.0" in text
     assert "anomalyd_flagged_total 2.0" in text

@@ -56,12 +56,17 @@ def test_stdout_sink_writes_to_the_stream():
 def test_scores_writer_rows_with_empty_warmup_scores(tmp_path):
     events = [Event("k", f"t{i}", float(i), np.array([1.0]), {"file": "f.csv", "row": i}) for i in range(3)]
     result = BatchResult(
-        events, np.array([np.nan, 0.5, 2.0]), np.array([np.nan, 1.0, 1.0]), np.array([False, False, True])
+        events,
+        np.array([np.nan, 0.5, 2.0]),
+        np.array([np.nan, np.nan, 0.9999]),
+        np.array([np.nan, 1.0, 1.0]),
+        np.array([False, False, True]),
     )
     writer = ScoresWriter(tmp_path / "s.csv")
     writer.write(result)
     writer.close()
     rows = list(csv.reader((tmp_path / "s.csv").open()))
     assert tuple(rows[0]) == HEADER
-    assert rows[1] == ["f.csv", "k", "t0", "", "", "0"]
-    assert rows[3] == ["f.csv", "k", "t2", "2.0", "1.0", "1"]
+    assert rows[1] == ["f.csv", "k", "t0", "", "", "", "0"]
+    assert rows[2] == ["f.csv", "k", "t1", "0.5", "", "1.0", "0"]
+    assert rows[3] == ["f.csv", "k", "t2", "2.0", "0.9999", "1.0", "1"]

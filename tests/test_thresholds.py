@@ -7,7 +7,7 @@ from anomalyd.alerting import AlertGate, step
 from anomalyd.config import ThresholdConfig
 from anomalyd.thresholds import EwmaThreshold, QuantileThreshold, SpotThreshold, make_threshold, quantile
 
-METHODS = ["quantile", "ewma", "spot", "dspot", "likelihood"]
+METHODS = ["grade", "quantile", "ewma", "spot", "dspot", "likelihood"]
 
 
 def config(method: str, **kwargs) -> ThresholdConfig:

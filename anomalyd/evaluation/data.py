@@ -166,10 +166,12 @@ class ScoredRows:
     timestamps: list[str]
     scores: list[float]
     anomalous: list[bool]
+    grades: list[float]  # NaN where a row has none (or the CSV has no grade column)
 
 
 def read_scores(path: Path) -> dict[str, ScoredRows]:
-    """A scores CSV (``file,key,timestamp,score,threshold,is_anomaly``) by file; an empty score is NaN."""
+    """A scores CSV (``file,key,timestamp,score,grade,threshold,is_anomaly``; ``grade`` may be
+    missing) by file; an empty score or grade is NaN."""
     out: dict[str, ScoredRows] = {}
     with _open(path) as handle:
         reader = csv.DictReader(handle)
@@ -178,16 +180,20 @@ def read_scores(path: Path) -> dict[str, ScoredRows]:
                 f"{path} is not a scores CSV (file,key,timestamp,score,threshold,is_anomaly)"
             )
         for number, row in enumerate(reader, 2):
-            rows = out.setdefault(row["file"], ScoredRows([], [], []))
-            try:
-                rows.scores.append(float(row["score"]) if row["score"] else float("nan"))
-            except ValueError:
-                raise EvaluationError(
-                    f"{path} line {number}: score {row['score']!r} is not a number"
-                ) from None
+            rows = out.setdefault(row["file"], ScoredRows([], [], [], []))
+            rows.scores.append(_cell(row, "score", path, number))
+            rows.grades.append(_cell(row, "grade", path, number))
             rows.timestamps.append(row["timestamp"])
             rows.anomalous.append(row["is_anomaly"].strip() not in ("", "0"))
     return out
+
+
+def _cell(row: Mapping[str, str | None], column: str, path: Path, number: int) -> float:
+    text = row.get(column) or ""
+    try:
+        return float(text) if text else float("nan")
+    except ValueError:
+        raise EvaluationError(f"{path} line {number}: {column} {text!r} is not a number") from None
 
 
 def align_rows(data: list[str], scored: list[str], where: str) -> np.ndarray:
@@ -210,8 +216,11 @@ def align_rows(data: list[str], scored: list[str], where: str) -> np.ndarray:
     return rows
 
 
-def nab_scores(scores: Mapping[str, ScoredRows], corpus: list[NabData]) -> list[np.ndarray]:
-    """One float array per corpus file (NaN where a row has no score) from a grouped scores CSV."""
+def nab_scores(
+    scores: Mapping[str, ScoredRows], corpus: list[NabData], column: str = "scores"
+) -> list[np.ndarray]:
+    """One float array per corpus file (NaN where a row has no score) from a grouped scores
+    CSV: its ``scores`` or its ``grades``."""
     names = [d.file.name for d in corpus]
     values = {d.file.name: np.full(d.file.rows, np.nan) for d in corpus}
     for path, rows in scores.items():
@@ -219,7 +228,7 @@ def nab_scores(scores: Mapping[str, ScoredRows], corpus: list[NabData]) -> list[
         if name is None:
             raise EvaluationError(f"scores name {path!r}, a file that is not in the labels")
         data = corpus[names.index(name)]
-        values[name][align_rows(data.timestamps, rows.timestamps, path)] = rows.scores
+        values[name][align_rows(data.timestamps, rows.timestamps, path)] = getattr(rows, column)
     return [values[n] for n in names]
 
 

@@ -39,17 +39,22 @@ NAB_LABELS = Path("labels") / "combined_windows.json"
 
 @dataclass(frozen=True)
 class NabReport:
-    """NAB scores of the alerts (None: not given) and, per profile, of the swept scores."""
+    """NAB scores of the alerts (None: not given) and, per profile, of the swept scores and
+    the swept grades (None: no scores, or no grades in them)."""
 
     alerts: NabScore | None
     swept: dict[str, NabScore] | None
+    swept_grade: dict[str, NabScore] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        swept = None if self.swept is None else {p: s.to_dict() for p, s in self.swept.items()}
+        def profiles(swept: dict[str, NabScore] | None) -> dict[str, Any] | None:
+            return None if swept is None else {p: s.to_dict() for p, s in swept.items()}
+
         return {
             "suite": "nab",
             "alerts": None if self.alerts is None else self.alerts.to_dict(),
-            "swept": swept,
+            "swept": profiles(self.swept),
+            "swept_grade": profiles(self.swept_grade),
         }
 
 
@@ -63,8 +68,14 @@ def score_nab(
     corpus = load_nab(labels, data_dir)
     files = [d.file for d in corpus]
     by_alerts = score_corpus(files, nab_detections(read_alerts(alerts), corpus)) if alerts else None
-    swept = sweep(files, nab_scores(read_scores(scores), corpus)) if scores else None
-    return NabReport(by_alerts, swept)
+    if not scores:
+        return NabReport(by_alerts, None)
+    rows = read_scores(scores)
+    grades = nab_scores(rows, corpus, "grades")
+    graded = any(np.isfinite(g).any() for g in grades)
+    return NabReport(
+        by_alerts, sweep(files, nab_scores(rows, corpus)), sweep(files, grades) if graded else None
+    )
 
 
 def score_skab(scores: Path, data_dir: Path | None = None) -> SkabReport:

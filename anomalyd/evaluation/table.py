@@ -52,12 +52,14 @@ def format_nab(report: NabReport) -> str:
         ]
         lines.append("NAB score of the alerts (FP: alerts outside every window, after probation)")
         lines += _align([header, *_nab_rows(report.alerts)])
-    if report.swept is not None:
+    for column, swept in (("score", report.swept), ("grade", report.swept_grade)):
+        if swept is None:
+            continue
         parts = []
         for p in PROFILES:
-            swept = report.swept[p.name]
-            parts.append(f"{_SHORT[p.name]} {_number(swept.normalised(p))} (score >= {swept.threshold:.4g})")
-        lines.append("swept threshold on the scores (NAB's oracle, per profile): " + ", ".join(parts))
+            best = swept[p.name]
+            parts.append(f"{_SHORT[p.name]} {_number(best.normalised(p))} ({column} >= {best.threshold:.6g})")
+        lines.append(f"swept threshold on the {column}s (NAB's oracle, per profile): " + ", ".join(parts))
     return "\n".join(lines)
 
 

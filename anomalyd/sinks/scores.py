@@ -10,7 +10,7 @@ from typing import IO
 from anomalyd.errors import SinkError
 from anomalyd.pipeline import BatchResult
 
-HEADER = ("file", "key", "timestamp", "score", "threshold", "is_anomaly")
+HEADER = ("file", "key", "timestamp", "score", "grade", "threshold", "is_anomaly")
 
 
 def _number(x: float) -> str:
@@ -18,7 +18,8 @@ def _number(x: float) -> str:
 
 
 class ScoresWriter:
-    """``file,key,timestamp,score,threshold,is_anomaly``; warm-up rows have an empty score.
+    """``file,key,timestamp,score,grade,threshold,is_anomaly``; warm-up rows have an empty
+    score, and rows the key's grader is not ready for an empty grade.
 
     With ``append`` (a resumed replay) rows are added to an existing file: rows between the
     snapshot and a crash then appear twice, with the same values.
@@ -40,15 +41,26 @@ class ScoresWriter:
             if header:
                 self._rows.writerow(HEADER)
         rows = self._rows
-        for event, score, limit, flag in zip(
+        for event, score, grade, limit, flag in zip(
             result.events,
             result.scores.tolist(),
+            result.grades.tolist(),
             result.thresholds.tolist(),
             result.anomalous.tolist(),
             strict=True,
         ):
             origin = event.source.get("file") or event.source.get("topic", "")
-            rows.writerow((origin, event.key, event.timestamp, _number(score), _number(limit), int(flag)))
+            rows.writerow(
+                (
+                    origin,
+                    event.key,
+                    event.timestamp,
+                    _number(score),
+                    _number(grade),
+                    _number(limit),
+                    int(flag),
+                )
+            )
 
     def close(self) -> None:
         if self._file is not None:
