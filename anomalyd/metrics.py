@@ -36,6 +36,11 @@ class Metrics:
         )
         self.flagged = Counter("anomalyd_flagged", "Events above their key's threshold", registry=r)
         self.dead_letters = Counter("anomalyd_dead_letters", "Records dead-lettered", registry=r)
+        self.dead_letters_cut = Counter(
+            "anomalyd_dead_letters_cut",
+            "Dead letters published cut down (value truncated, or origin and reason alone) to fit",
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "anomalyd_batch_seconds",
             "Time to process one polled batch",

@@ -22,6 +22,7 @@ from anomalyd.errors import ConfigError
 from anomalyd.logs import get_logger
 from anomalyd.metrics import HealthServer, Metrics
 from anomalyd.pipeline import BatchResult, Pipeline
+from anomalyd.sinks.kafka import KafkaSink
 from anomalyd.sources.base import Source
 from anomalyd.sources.file import FileSource
 from anomalyd.sources.kafka import KafkaSource, Partition
@@ -113,6 +114,8 @@ def serve(config: Config, stop: StopFlag | None = None) -> RunStats:
         pipeline = Pipeline(config, source.expected_lengths())
         stack.callback(pipeline.close)
         alert_sinks, dead, observers = open_outputs(config, stack, scores=config.output.scores)
+        if isinstance(dead.sink, KafkaSink):
+            dead.sink.on_cut = metrics.dead_letters_cut.inc
         observers.insert(0, metrics.observe)
         runner = Runner(
             source,

@@ -150,8 +150,10 @@ class KafkaSource:
     def _parse(self, message: Any) -> Event | DeadLetter:
         source = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
         key = message.key.decode("utf-8", "replace") if message.key is not None else message.topic
+        if message.value is None:
+            return _dead("message value is null (a tombstone)", message, source)
         try:
-            record = orjson.loads(message.value) if message.value is not None else None
+            record = orjson.loads(message.value)
         except orjson.JSONDecodeError as exc:
             return _dead(f"message value is not JSON: {exc}", message, source)
         if not isinstance(record, dict):
@@ -263,7 +265,7 @@ class KafkaSource:
 def _dead(reason: str, message: Any, source: dict[str, Any]) -> DeadLetter:
     value: bytes | None = message.value
     text = value.decode("utf-8", "replace") if value is not None else None
-    return DeadLetter(reason, text, source, raw=value, raw_key=message.key)
+    return DeadLetter(reason, text, source, raw=value, raw_key=message.key, from_kafka=True)
 
 
 def _names(partitions: list[Partition]) -> list[str]:
