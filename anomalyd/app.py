@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from anomalyd.config import Config, KafkaConfig, SinkConfig
-from anomalyd.errors import ModelError, SinkError
+from anomalyd.errors import ModelError, PermanentSinkError, SinkError
 from anomalyd.logs import get_logger
 from anomalyd.pipeline import BatchResult, Pipeline
 from anomalyd.sinks.base import Record, Sink
@@ -240,7 +240,8 @@ class Runner:
             seconds=round(self._snapshot_at - started, 3),
         )
 
-    def commit(self, final: bool = False) -> None:
+    def commit(self, final: bool = False, retry: bool = True) -> None:
+        """The commit step; ``retry=False``: one try at the flush (a rebalance cannot wait)."""
         delay = self.retry_backoff_s
         while True:
             try:
@@ -249,7 +250,8 @@ class Runner:
                 break
             except SinkError as exc:
                 self.sinks_healthy = False
-                if not self.retry_sink_errors or self.should_stop():
+                permanent = isinstance(exc, PermanentSinkError)
+                if permanent or not (retry and self.retry_sink_errors) or self.should_stop():
                     raise
                 log.warning("flush_failed", error=str(exc), retry_in_s=delay)
                 deadline = time.monotonic() + delay

@@ -168,7 +168,7 @@ def _wire_rebalance(source: KafkaSource, runner: Runner, pipeline: Pipeline) -> 
         # keys go; the partitions' next owner starts from exactly these offsets. Should the
         # commit fail, the next owner starts from the previous commit: re-sent, not lost.
         try:
-            runner.commit()
+            runner.commit(retry=False)  # bounded: a failure here means re-sent, never lost
         except Exception as exc:  # an exception here would break kafka-python's rebalance
             log.warning("revoke_commit_failed", error=str(exc), error_type=type(exc).__name__)
         keys: set[str] = set()

@@ -4,9 +4,11 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pytest
 
-from anomalyd.app import Runner, open_outputs
+from anomalyd.app import DeadLetterSink, Runner, open_outputs
 from anomalyd.config import InputConfig, parse_config
+from anomalyd.errors import PermanentSinkError, SinkError
 from anomalyd.events import Alert, DeadLetter, Event
 from anomalyd.pipeline import BatchResult, Pipeline
 from anomalyd.sinks.jsonl import FileSink, StdoutSink
@@ -99,3 +101,33 @@ def test_the_scores_csv_holds_every_committed_row_at_the_commit_step(tmp_path):
         Runner(source, pipeline, alerts, dead, observers, commit_interval_s=1e-9).run()
     assert len(source.seen) > 20
     assert all(committed == rows for committed, rows in source.seen), source.seen[:5]
+
+
+class _FailingSink:
+    def __init__(self, error: SinkError):
+        self.error, self.flushes = error, 0
+
+    def add(self, record: object) -> None:
+        pass
+
+    def flush(self) -> None:
+        self.flushes += 1
+        raise self.error
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("error", "retry"), [(PermanentSinkError("not authorized"), True), (SinkError("broker down"), False)]
+)
+def test_a_permanent_error_or_a_revoke_commit_is_not_retried(tmp_path, error, retry):
+    data = tmp_path / "d.csv"
+    data.write_text("timestamp,value\n0,1\n")
+    config = parse_config({"detector": "hst"})
+    source = FileSource([str(data)], config.input)
+    sink = _FailingSink(error)
+    runner = Runner(source, Pipeline(config, None), [sink], DeadLetterSink(None), retry_sink_errors=True)
+    with pytest.raises(type(error)):
+        runner.commit(retry=retry)
+    assert sink.flushes == 1 and not runner.sinks_healthy

@@ -20,7 +20,7 @@ from kafka.structs import OffsetAndMetadata
 from anomalyd.config import InputConfig, KafkaConfig, KafkaSourceConfig
 from anomalyd.errors import SourceError
 from anomalyd.events import DeadLetter, Event
-from anomalyd.kafka_common import client_options, describe
+from anomalyd.kafka_common import client_options, connection_failure, describe, is_fatal, watch_connections
 from anomalyd.logs import get_logger
 from anomalyd.parsing import RecordParser
 from anomalyd.sources.base import Batch
@@ -79,6 +79,7 @@ class KafkaSource:
         """Build the consumer, retrying with backoff while the broker is unreachable."""
         delay = self.retry_backoff_s
         while not self.should_stop():
+            watch_connections()
             try:
                 consumer = KafkaConsumer(
                     group_id=self.config.group_id,
@@ -91,7 +92,10 @@ class KafkaSource:
                     max_poll_records=self.config.max_poll_records,
                     **client_options(self.connection),
                 )
-            except (RetriableError, KafkaConnectionError):
+            except (RetriableError, KafkaConnectionError) as exc:
+                cause = connection_failure()
+                if cause is not None:  # the broker answers and refuses us: no retry helps
+                    raise SourceError(f"cannot connect to Kafka: {cause}") from exc
                 log.warning("broker_unavailable", retry_in_s=delay, **describe(self.connection))
                 _sleep_unless(self.should_stop, delay)
                 delay = min(delay * 2, self.retry_backoff_max_s)
@@ -127,6 +131,8 @@ class KafkaSource:
                     timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_poll_records
                 )
             except KafkaError as exc:
+                if is_fatal(exc):
+                    raise SourceError(f"cannot consume {self._topics()}: {exc}") from exc
                 log.warning("poll_failed", error=str(exc))
                 _sleep_unless(self.should_stop, self.retry_backoff_s)
                 continue
@@ -177,11 +183,16 @@ class KafkaSource:
         try:
             self._consumer.commit(offsets)
         except KafkaError as exc:
+            if is_fatal(exc):
+                raise SourceError(f"cannot commit offsets of {self._topics()}: {exc}") from exc
             # Typically the group rebalanced under us (CommitFailedError): the partitions'
             # next owner re-reads from the last commit, so nothing is lost, some is re-sent.
             log.warning("commit_failed", error=str(exc), error_type=type(exc).__name__)
             return
         log.debug("committed", offsets={f"{t.topic}:{t.partition}": o.offset for t, o in offsets.items()})
+
+    def _topics(self) -> str:
+        return self.config.topic_pattern or ", ".join(self.config.topics)
 
     # -- snapshots --------------------------------------------------------------------
     def identity(self) -> str:
