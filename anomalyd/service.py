@@ -89,9 +89,14 @@ class _Gauges:
     def __init__(self, metrics: Metrics, source: Source, pipeline: Pipeline, ready: object):
         self.metrics, self.source, self.pipeline, self.ready = metrics, source, pipeline, ready
         self._next = 0.0
+        self.progressed_at = time.monotonic()
+
+    def alive(self, timeout_s: float) -> bool:
+        """The loop went through a batch within ``timeout_s`` (a wedged one does not)."""
+        return time.monotonic() - self.progressed_at < timeout_s
 
     def __call__(self, result: BatchResult) -> None:
-        now = time.monotonic()
+        now = self.progressed_at = time.monotonic()  # every batch, empty polls too
         if now < self._next:
             return
         self._next = now + 1.0
@@ -139,12 +144,17 @@ def serve(config: Config, stop: StopFlag | None = None) -> RunStats:
             consuming = source.ready if isinstance(source, KafkaSource) else not stop()
             return consuming and runner.sinks_healthy and not stop()
 
-        runner.observers.append(_Gauges(metrics, source, pipeline, ready))
+        gauges = _Gauges(metrics, source, pipeline, ready)
+        runner.observers.append(gauges)
         if isinstance(source, KafkaSource):
             _wire_rebalance(source, runner, pipeline)
         if config.service.metrics.enabled:
             server = HealthServer(
-                metrics, config.service.metrics.host, config.service.metrics.port, lambda: not stop(), ready
+                metrics,
+                config.service.metrics.host,
+                config.service.metrics.port,
+                lambda: gauges.alive(config.service.liveness_timeout_s),
+                ready,
             )
             server.start()
             stack.callback(server.close)

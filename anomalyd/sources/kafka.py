@@ -71,6 +71,7 @@ class KafkaSource:
         self.positions: dict[Partition, int] = {}
         self.keys_by_partition: dict[Partition, set[str]] = {}
         self.last_poll = 0.0
+        self.commit_ok = True  # the last offset commit was accepted
         self._consumer: KafkaConsumer | None = None
         self._resume: dict[Partition, int] = {}  # a snapshot's offsets, sought on assignment
 
@@ -188,7 +189,9 @@ class KafkaSource:
             # Typically the group rebalanced under us (CommitFailedError): the partitions'
             # next owner re-reads from the last commit, so nothing is lost, some is re-sent.
             log.warning("commit_failed", error=str(exc), error_type=type(exc).__name__)
+            self.commit_ok = False
             return
+        self.commit_ok = True
         log.debug("committed", offsets={f"{t.topic}:{t.partition}": o.offset for t, o in offsets.items()})
 
     def _topics(self) -> str:
@@ -268,9 +271,20 @@ class KafkaSource:
 
     @property
     def ready(self) -> bool:
-        """Assigned partitions and a poll within the last few poll timeouts."""
-        recent = time.monotonic() - self.last_poll < max(5.0, 10 * self.config.poll_timeout_ms / 1000)
-        return bool(self.assigned) and recent
+        """Assigned partitions, a poll within the last few poll timeouts, the last commit
+        accepted, and the group coordinator answering heartbeats (a frozen broker does not)."""
+        now = time.monotonic()
+        recent = now - self.last_poll < max(5.0, 10 * self.config.poll_timeout_ms / 1000)
+        return bool(self.assigned) and recent and self.commit_ok and self._heard_from_broker(now)
+
+    def _heard_from_broker(self, now: float) -> bool:
+        # kafka-python keeps when the last heartbeat was answered on its coordinator (a
+        # background thread sends them every heartbeat_interval_ms, also between polls).
+        heartbeat = getattr(getattr(self._consumer, "_coordinator", None), "heartbeat", None)
+        answered = getattr(heartbeat, "last_receive", None)
+        if not isinstance(answered, float) or answered == float("-inf"):
+            return True  # not known (yet): the other checks decide
+        return now - answered < 2 * self.config.heartbeat_interval_ms / 1000 + 1.0
 
 
 def _dead(reason: str, message: Any, source: dict[str, Any]) -> DeadLetter:
