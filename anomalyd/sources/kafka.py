@@ -72,6 +72,7 @@ class KafkaSource:
         self.keys_by_partition: dict[Partition, set[str]] = {}
         self.last_poll = 0.0
         self.commit_ok = True  # the last offset commit was accepted
+        self._missing_since: float | None = None  # when a configured topic was first unknown
         self._consumer: KafkaConsumer | None = None
         self._resume: dict[Partition, int] = {}  # a snapshot's offsets, sought on assignment
 
@@ -138,6 +139,8 @@ class KafkaSource:
                 _sleep_unless(self.should_stop, self.retry_backoff_s)
                 continue
             self.last_poll = time.monotonic()
+            if not self.assigned:
+                self._check_topics()
             events: list[Event] = []
             dead: list[DeadLetter] = []
             for tp, messages in polled.items():
@@ -193,6 +196,25 @@ class KafkaSource:
             return
         self.commit_ok = True
         log.debug("committed", offsets={f"{t.topic}:{t.partition}": o.offset for t, o in offsets.items()})
+
+    def _check_topics(self) -> None:
+        """SourceError when a configured topic stays unknown to the cluster (auto-create off).
+
+        Read from the consumer's metadata cache (no request): a broker that creates topics
+        on subscription lists it after the first refresh.
+        """
+        cluster = getattr(self._consumer, "_cluster", None)
+        known = cluster.topics() if cluster is not None and cluster.brokers() else None
+        missing = sorted(set(self.config.topics) - known) if known is not None else []
+        if not missing:
+            self._missing_since = None
+            return
+        now = time.monotonic()
+        if self._missing_since is None:
+            self._missing_since = now
+        elif now - self._missing_since > self.connection.request_timeout_ms / 1000:
+            names = ", ".join(repr(t) for t in missing)
+            raise SourceError(f"topic {names} does not exist on the brokers (and is not created on use)")
 
     def _topics(self) -> str:
         return self.config.topic_pattern or ", ".join(self.config.topics)
