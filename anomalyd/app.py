@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from anomalyd.config import Config, KafkaConfig, SinkConfig
-from anomalyd.errors import ModelError, SinkError
+from anomalyd.errors import ModelError, PermanentSinkError, SinkError
 from anomalyd.logs import get_logger
 from anomalyd.pipeline import BatchResult, Pipeline
 from anomalyd.sinks.base import Record, Sink
@@ -90,7 +90,7 @@ def open_outputs(
     if scores is not None:
         writer = ScoresWriter(scores, append=append)
         stack.callback(writer.close)
-        observers.append(writer.write)
+        observers.append(writer)  # flushed at the commit step, as the sinks
     return alert_sinks, dead, observers
 
 
@@ -119,7 +119,8 @@ class Runner:
     The commit step (:meth:`commit`), run every ``commit_interval_s``, before partitions are
     revoked, and once more at the end:
 
-    1. flush every alert sink and the dead-letter sink (durable, or it raises SinkError);
+    1. flush every alert sink, the dead-letter sink and every observer that keeps a file
+       (the scores CSV) (durable, or it raises SinkError);
     2. commit the source's positions of the last processed batch.
 
     So a crash can re-send alerts (with the same ``alert_id``) but never lose one. With
@@ -149,6 +150,7 @@ class Runner:
         self.alert_sinks = list(alert_sinks)
         self.dead_letters = dead_letters
         self.observers = list(observers)
+        self._flushed: list[Any] = [o for o in self.observers if callable(getattr(o, "flush", None))]
         self.should_stop = should_stop
         self.commit_interval_s = commit_interval_s
         self.retry_sink_errors = retry_sink_errors
@@ -238,16 +240,18 @@ class Runner:
             seconds=round(self._snapshot_at - started, 3),
         )
 
-    def commit(self, final: bool = False) -> None:
+    def commit(self, final: bool = False, retry: bool = True) -> None:
+        """The commit step; ``retry=False``: one try at the flush (a rebalance cannot wait)."""
         delay = self.retry_backoff_s
         while True:
             try:
-                for sink in (*self.alert_sinks, self.dead_letters):
+                for sink in (*self.alert_sinks, self.dead_letters, *self._flushed):
                     sink.flush()
                 break
             except SinkError as exc:
                 self.sinks_healthy = False
-                if not self.retry_sink_errors or self.should_stop():
+                permanent = isinstance(exc, PermanentSinkError)
+                if permanent or not (retry and self.retry_sink_errors) or self.should_stop():
                     raise
                 log.warning("flush_failed", error=str(exc), retry_in_s=delay)
                 deadline = time.monotonic() + delay

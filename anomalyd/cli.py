@@ -52,6 +52,16 @@ def _clean_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _check_inputs(paths: tuple[str, ...]) -> None:
+    """Exit 2 with one line (no usage block) when an input is missing, a folder, or matches nothing."""
+    from anomalyd.sources.file import resolve_paths
+
+    try:
+        resolve_paths(paths)
+    except AnomalydError as exc:
+        _fail(2, str(exc))
+
+
 def _load(config_path: str | None) -> Config:
     config = load_config(config_path)
     from anomalyd.logs import setup_logging
@@ -72,7 +82,6 @@ def main() -> None:
     "-c",
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False),
     help="YAML config (default: built-in defaults, as config/default.yaml).",
 )
 @click.option(
@@ -120,13 +129,9 @@ def replay(
     from anomalyd.app import ReplayOutputs
     from anomalyd.app import replay as run_replay
     from anomalyd.progress import ProgressBar
-    from anomalyd.sources.file import resolve_paths
 
     config = _load(config_path)
-    try:
-        resolve_paths(paths)
-    except AnomalydError as exc:
-        raise click.UsageError(str(exc)) from None
+    _check_inputs(paths)
     show = sys.stderr.isatty() if progress is None else progress
     with ProgressBar(enabled=show) as bar:
         stats = run_replay(
@@ -178,9 +183,7 @@ _EXISTING_FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
     help="Score existing outputs against NAB's combined_windows.json (data files in ../data beside it).",
 )
 @click.option("--skab", is_flag=True, help="Score an existing --scores CSV against the SKAB files it names.")
-@click.option(
-    "-c", "--config", "config_path", type=click.Path(dir_okay=False), help="YAML config for --suite."
-)
+@click.option("-c", "--config", "config_path", help="YAML config for --suite.")
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -243,9 +246,7 @@ def evaluate(
 
 
 @main.command()
-@click.option(
-    "-c", "--config", "config_path", type=click.Path(dir_okay=False), required=True, help="YAML config."
-)
+@click.option("-c", "--config", "config_path", required=True, help="YAML config.")
 @_clean_errors
 def run(config_path: str) -> None:
     """Run the service until stopped (SIGTERM/SIGINT): Kafka or files in, alerts out."""
@@ -260,9 +261,7 @@ def run(config_path: str) -> None:
 @click.option(
     "--bootstrap-servers", help="host:port[,host:port]; default: the config's kafka.bootstrap_servers."
 )
-@click.option(
-    "-c", "--config", "config_path", type=click.Path(dir_okay=False), help="Config: input and kafka sections."
-)
+@click.option("-c", "--config", "config_path", help="Config: input and kafka sections.")
 @click.option(
     "--rate",
     type=click.FloatRange(min=0, min_open=True),
@@ -276,7 +275,6 @@ def produce(
 ) -> None:  # fmt: skip
     """Stream CSV/JSONL records into a Kafka topic as JSON, keyed by stream key."""
     from anomalyd.produce import produce as run_produce
-    from anomalyd.sources.file import resolve_paths
 
     config = _load(config_path)
     if bootstrap_servers:
@@ -284,10 +282,7 @@ def produce(
         config = config.model_copy(
             update={"kafka": config.kafka.model_copy(update={"bootstrap_servers": servers})}
         )
-    try:
-        resolve_paths(paths)
-    except AnomalydError as exc:
-        raise click.UsageError(str(exc)) from None
+    _check_inputs(paths)
     sent = run_produce(paths, topic, config, rate, loop)
     click.echo(f"sent {sent} records to {topic}", err=True)
 
@@ -355,7 +350,7 @@ def config() -> None:
 
 
 @config.command("check")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file")
 @click.option("--show", is_flag=True, help="Print the full config with every default filled in.")
 @_clean_errors
 def config_check(file: str, show: bool) -> None:

@@ -325,6 +325,7 @@ class ServiceConfig(_Section):
     shutdown_deadline_s: float = Field(30.0, gt=0.0)
     retry_backoff_s: float = Field(0.5, gt=0.0)
     retry_backoff_max_s: float = Field(30.0, gt=0.0)
+    liveness_timeout_s: float = Field(300.0, gt=0.0)  # /healthz: 503 when no batch for this long
     metrics: MetricsConfig = MetricsConfig()
 
 

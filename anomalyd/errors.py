@@ -16,7 +16,11 @@ class SourceError(AnomalydError):
 
 
 class SinkError(AnomalydError):
-    """An alert or dead letter could not be written durably."""
+    """An alert or dead letter could not be written durably (the daemon retries)."""
+
+
+class PermanentSinkError(SinkError):
+    """Retrying cannot help (not authorized, no such topic): the daemon stops with exit 1."""
 
 
 class ModelError(AnomalydError):

@@ -43,6 +43,7 @@ class DeadLetter:
     source: dict[str, Any]
     raw: bytes | None = None  # the message value exactly as received (Kafka), for a DLQ topic
     raw_key: bytes | None = None
+    from_kafka: bool = False  # raw and raw_key are a message's own (raw None: a tombstone)
 
     def to_dict(self) -> dict[str, Any]:
         return {"reason": self.reason, "source": self.source, "record": self.record}

@@ -1,4 +1,4 @@
-"""Settings shared by the Kafka consumer and producers: connection and security.
+"""Settings shared by the Kafka consumer and producers: connection, security, error kinds.
 
 Secrets come from :class:`pydantic.SecretStr` and are unwrapped only here, into the
 client's keyword arguments; they are never logged.
@@ -6,9 +6,68 @@ client's keyword arguments; they are never logged.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from kafka import errors
+
 from anomalyd.config import KafkaConfig
+
+# No retry cures these: credentials, ACLs or the topic must change first.
+_FATAL: tuple[type[BaseException], ...] = (
+    errors.AuthorizationError,
+    errors.SaslAuthenticationFailedError,
+    errors.UnsupportedSaslMechanismError,
+    errors.IllegalSaslStateError,
+    errors.InvalidTopicError,
+)
+# The broker (or the producer's max_request_size) refuses this record, however often it is sent.
+_REFUSED: tuple[type[BaseException], ...] = (
+    errors.MessageSizeTooLargeError,
+    errors.RecordListTooLargeError,
+    errors.InvalidRecordError,
+)
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """An error only a change of configuration or ACLs can cure (exit 1, not a retry)."""
+    return isinstance(exc, _FATAL)
+
+
+def is_refused_record(exc: BaseException) -> bool:
+    """The record itself can never be published as it is (too large, invalid)."""
+    return isinstance(exc, _REFUSED)
+
+
+class _ConnectionFailures(logging.Handler):
+    """kafka-python logs why a connection failed (SASL refused, say) but raises only a
+    bootstrap timeout: keep the last such cause, so it can be named."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.error: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        for arg in args:
+            if isinstance(arg, BaseException) and is_fatal(arg):
+                self.error = arg
+
+
+_FAILURES = _ConnectionFailures()
+
+
+def watch_connections() -> None:
+    """Start (again) keeping the cause of a failed connection; see :func:`connection_failure`."""
+    logger = logging.getLogger("kafka")
+    if _FAILURES not in logger.handlers:
+        logger.addHandler(_FAILURES)
+    _FAILURES.error = None
+
+
+def connection_failure() -> BaseException | None:
+    """A fatal cause (authentication) of a failed connection since :func:`watch_connections`."""
+    return _FAILURES.error
 
 
 def client_options(config: KafkaConfig) -> dict[str, Any]:

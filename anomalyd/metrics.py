@@ -1,6 +1,7 @@
 """Prometheus metrics, liveness and readiness over HTTP, on 127.0.0.1 unless configured.
 
-``/metrics`` (Prometheus text format), ``/healthz`` (200 while the main loop is alive),
+``/metrics`` (Prometheus text format), ``/healthz`` (200 while the main loop made progress
+recently: a wedged loop is not alive),
 ``/readyz`` (200 while partitions are assigned and consumed, and sinks accept writes).
 Labels carry only topics and partitions: never a secret, never a per-key label.
 """
@@ -69,6 +70,11 @@ class Metrics:
         self.flagged = Counter("anomalyd_flagged", "Events above their key's threshold", registry=r)
         self.dead_letters = Counter("anomalyd_dead_letters", "Records dead-lettered", registry=r)
         self.grades = GradeHistogram(r)
+        self.dead_letters_cut = Counter(
+            "anomalyd_dead_letters_cut",
+            "Dead letters published cut down (value truncated, or origin and reason alone) to fit",
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "anomalyd_batch_seconds",
             "Time to process one polled batch",
@@ -90,6 +96,7 @@ class Metrics:
         self.keys = Gauge("anomalyd_keys", "Keys with state in this process", registry=r)
         self.ready = Gauge("anomalyd_ready", "1 when assigned, consuming and publishing", registry=r)
         self._last_training: float | None = None
+        self._lag_labels: set[tuple[str, str]] = set()
         self._max_version = 0
         self.model_age.set_function(self._model_age)
 
@@ -117,8 +124,13 @@ class Metrics:
             self.model_version.set(self._max_version)
 
     def set_lag(self, lags: dict[tuple[str, int], int]) -> None:
-        for (topic, partition), lag in lags.items():
-            self.lag.labels(topic, str(partition)).set(lag)
+        """Lag of the partitions owned now; the gauges of partitions no longer owned go."""
+        labels = {(topic, str(partition)): lag for (topic, partition), lag in lags.items()}
+        for gone in self._lag_labels - labels.keys():
+            self.lag.remove(*gone)
+        for label, lag in labels.items():
+            self.lag.labels(*label).set(lag)
+        self._lag_labels = set(labels)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -81,7 +81,22 @@ def _number(raw: Any) -> float:
 
 
 def _iso_time(text: str) -> float:
-    """Epoch seconds from ISO-8601; a time without a zone is UTC."""
+    """Epoch seconds from ISO-8601; a time without a zone is UTC.
+
+    ``fromisoformat`` takes any one character between date and time, a line break too:
+    text with a control character inside (not just around it) is refused.
+
+    >>> _iso_time("1970-01-01 00:01:00"), _iso_time(" 1970-01-01T00:01:00Z\\n")
+    (60.0, 60.0)
+    >>> _iso_time("1970-01-01\\n00:01:00")
+    Traceback (most recent call last):
+    ValueError: a control character in '1970-01-01\\n00:01:00'
+    """
+    if not text.isprintable():
+        stripped = text.strip()
+        if not stripped.isprintable():
+            raise ValueError(f"a control character in {text!r}")
+        text = stripped
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

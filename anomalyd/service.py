@@ -22,6 +22,7 @@ from anomalyd.errors import ConfigError
 from anomalyd.logs import get_logger
 from anomalyd.metrics import HealthServer, Metrics
 from anomalyd.pipeline import BatchResult, Pipeline
+from anomalyd.sinks.kafka import KafkaSink
 from anomalyd.sources.base import Source
 from anomalyd.sources.file import FileSource
 from anomalyd.sources.kafka import KafkaSource, Partition
@@ -88,9 +89,14 @@ class _Gauges:
     def __init__(self, metrics: Metrics, source: Source, pipeline: Pipeline, ready: object):
         self.metrics, self.source, self.pipeline, self.ready = metrics, source, pipeline, ready
         self._next = 0.0
+        self.progressed_at = time.monotonic()
+
+    def alive(self, timeout_s: float) -> bool:
+        """The loop went through a batch within ``timeout_s`` (a wedged one does not)."""
+        return time.monotonic() - self.progressed_at < timeout_s
 
     def __call__(self, result: BatchResult) -> None:
-        now = time.monotonic()
+        now = self.progressed_at = time.monotonic()  # every batch, empty polls too
         if now < self._next:
             return
         self._next = now + 1.0
@@ -113,6 +119,8 @@ def serve(config: Config, stop: StopFlag | None = None) -> RunStats:
         pipeline = Pipeline(config, source.expected_lengths())
         stack.callback(pipeline.close)
         alert_sinks, dead, observers = open_outputs(config, stack, scores=config.output.scores)
+        if isinstance(dead.sink, KafkaSink):
+            dead.sink.on_cut = metrics.dead_letters_cut.inc
         observers.insert(0, metrics.observe)
         runner = Runner(
             source,
@@ -136,12 +144,17 @@ def serve(config: Config, stop: StopFlag | None = None) -> RunStats:
             consuming = source.ready if isinstance(source, KafkaSource) else not stop()
             return consuming and runner.sinks_healthy and not stop()
 
-        runner.observers.append(_Gauges(metrics, source, pipeline, ready))
+        gauges = _Gauges(metrics, source, pipeline, ready)
+        runner.observers.append(gauges)
         if isinstance(source, KafkaSource):
             _wire_rebalance(source, runner, pipeline)
         if config.service.metrics.enabled:
             server = HealthServer(
-                metrics, config.service.metrics.host, config.service.metrics.port, lambda: not stop(), ready
+                metrics,
+                config.service.metrics.host,
+                config.service.metrics.port,
+                lambda: gauges.alive(config.service.liveness_timeout_s),
+                ready,
             )
             server.start()
             stack.callback(server.close)
@@ -165,7 +178,7 @@ def _wire_rebalance(source: KafkaSource, runner: Runner, pipeline: Pipeline) -> 
         # keys go; the partitions' next owner starts from exactly these offsets. Should the
         # commit fail, the next owner starts from the previous commit: re-sent, not lost.
         try:
-            runner.commit()
+            runner.commit(retry=False)  # bounded: a failure here means re-sent, never lost
         except Exception as exc:  # an exception here would break kafka-python's rebalance
             log.warning("revoke_commit_failed", error=str(exc), error_type=type(exc).__name__)
         keys: set[str] = set()

@@ -50,10 +50,24 @@ def test_config_check_bad_value_exits_2_with_one_line(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_replay_missing_input_is_a_usage_error(tmp_path):
-    out = anomalyd("replay", str(tmp_path / "nope.csv"))
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["replay", "{tmp}/nope.csv"], "input file '{tmp}/nope.csv' does not exist"),
+        (["replay", "{tmp}"], "input '{tmp}' is a directory"),
+        (["replay", "{tmp}/*.nothing"], "input pattern '{tmp}/*.nothing' matches no files"),
+        (["produce", "{tmp}", "--topic", "t"], "input '{tmp}' is a directory"),
+        (["replay", "-c", "{tmp}", "examples/machine.csv"], "cannot read {tmp}: Is a directory"),
+        (["run", "-c", "{tmp}/none.yaml"], "cannot read {tmp}/none.yaml: No such file"),
+        (["config", "check", "{tmp}"], "cannot read {tmp}: Is a directory"),
+    ],
+)
+def test_a_missing_or_folder_path_is_one_line_and_exit_2(tmp_path, args, says):
+    out = anomalyd(*(a.format(tmp=tmp_path) for a in args))
     assert out.returncode == 2
-    assert "nope.csv" in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr  # no usage block, no traceback
+    assert out.stderr.startswith("anomalyd: error: ")
+    assert says.format(tmp=tmp_path) in out.stderr
 
 
 def test_replay_unreadable_header_is_a_runtime_error(tmp_path):

@@ -13,6 +13,7 @@ from anomalyd.config import InputConfig, TimestampConfig
 from anomalyd.errors import SourceError
 from anomalyd.events import DeadLetter, Event
 from anomalyd.sources.base import Batch
+from anomalyd.sources.csvrows import UNCLOSED
 from anomalyd.sources.file import FileSource, file_stem, resolve_paths
 
 SKAB_SENSORS = (
@@ -108,6 +109,15 @@ def test_a_utf8_byte_order_mark_is_dropped(tmp_path: Path) -> None:
     assert len(events(read([path]))) == 1
 
 
+def test_a_byte_order_mark_before_the_first_jsonl_line_is_dropped(tmp_path: Path) -> None:
+    for name in ("bom.jsonl", "bom.jsonl.gz"):
+        path = write(tmp_path / name, b"\xef\xbb\xbf" + jsonl_text(3).encode())
+        batches = read([path])
+        assert [e.source["row"] for e in events(batches)] == [0, 1, 2]
+        assert dead(batches) == []
+        assert FileSource([path], InputConfig()).total_rows() == 3
+
+
 def test_repeated_and_backwards_timestamps_stay_in_file_order(tmp_path: Path) -> None:
     stamps = ["2014-07-01 00:02:00", "2014-07-01 00:02:00", "2014-07-01 00:01:00", "2014-07-01 00:03:00"]
     text = "timestamp,value\n" + "".join(f"{t},{i}\n" for i, t in enumerate(stamps))
@@ -138,6 +148,32 @@ def test_a_row_the_csv_reader_cannot_split_is_dead_lettered_and_reading_goes_on(
     assert letter.reason.startswith("bad CSV row: field larger than field limit")
     assert letter.source["row"] == 1
     assert FileSource([path], InputConfig()).total_rows() == 3
+
+
+def test_a_stray_quote_costs_its_row_only(tmp_path: Path) -> None:
+    rows = ["timestamp,value\n"] + [f"{1404172800 + 60 * i},{i}\n" for i in range(1500)]
+    rows[10] = rows[10].replace(",", ',"')  # 1404173340,"9 : the quote never closes
+    rows[700] = '"' + rows[700]  # one at the start of a row, closed by a later stray one
+    rows[900] = rows[900].rstrip("\n") + '"\n'
+    path = write(tmp_path / "s.csv", "".join(rows))
+    batches = read([path])
+    bad = [d.source["row"] for d in dead(batches)]
+    assert bad == [9, 699, 899]
+    assert [e.source["row"] for e in events(batches)] == [r for r in range(1500) if r not in bad]
+    reasons = [d.reason for d in dead(batches)]
+    assert reasons[:2] == [UNCLOSED, UNCLOSED]
+    assert reasons[2] == "field 'value' is not a number: '899\"'"
+    assert dead(batches)[0].record == '1404173340,"9'
+
+    assert FileSource([path], InputConfig()).total_rows() == 1500
+
+
+def test_a_needed_field_with_a_line_break_is_a_bad_row(tmp_path: Path) -> None:
+    text = 'timestamp,value\n"2014-07-01\n00:00:00",1\n2014-07-02,2\n'
+    batches = read([write(tmp_path / "n.csv", text)])
+    assert [e.timestamp for e in events(batches)] == ["2014-07-02"]
+    assert all("\n" not in e.timestamp for e in events(batches))
+    assert len(dead(batches)) == 2  # the first line, then the rest of the quoted field
 
 
 def test_bad_csv_values_are_dead_lettered_with_the_row_as_a_dict(tmp_path: Path) -> None:

@@ -67,3 +67,15 @@ def test_metrics_count_decisions_and_flagged_points():
     text = metrics.exposition().decode()
     assert "anomalyd_decisions_total 3.0" in text
     assert "anomalyd_flagged_total 2.0" in text
+
+
+def test_lag_gauges_of_partitions_no_longer_owned_are_removed():
+    metrics = Metrics()
+    metrics.set_lag({("in", 0): 5, ("in", 1): 7})
+    metrics.set_lag({("in", 0): 0})  # partition 1 was revoked
+    text = metrics.exposition().decode()
+    assert 'anomalyd_consumer_lag{partition="0",topic="in"} 0.0' in text
+    assert 'partition="1"' not in text
+    metrics.set_lag({("in", 1): 3})  # and given back
+    text = metrics.exposition().decode()
+    assert 'partition="0"' not in text and 'anomalyd_consumer_lag{partition="1",topic="in"} 3.0' in text

@@ -144,11 +144,20 @@ def test_the_timestamp_field_can_have_any_name() -> None:
         ("epoch_s", "2014-07-01 00:30:00", "epoch seconds"),
         ("epoch_s", float("nan"), "epoch seconds"),
         ("epoch_ms", "abc", "epoch milliseconds"),
+        ("auto", "2014-07-01\n00:30:00", "ISO-8601 or epoch seconds/ms"),  # a line break as separator
+        ("iso", "2014-07-01\r00:30:00", "ISO-8601"),
+        ("iso", "2014-07-01 00:30\n:00", "ISO-8601"),
+        ("auto", "2014-07-01\t00:30:00", "ISO-8601 or epoch seconds/ms"),
     ],
 )
 def test_bad_timestamps_are_dead_lettered(fmt: str, raw: Any, expected: str) -> None:
     got = reason(parser(ts={"format": fmt}), {"timestamp": raw, "value": 1})
     assert got == f"bad timestamp {raw!r} in field 'timestamp': expected {expected}"
+
+
+def test_whitespace_around_an_iso_timestamp_is_accepted() -> None:
+    event = parser().parse({"timestamp": " 2014-07-01 00:30:00\n", "value": 1}, {})
+    assert isinstance(event, Event) and event.time == 1404174600.0
 
 
 def test_missing_timestamp_field() -> None:

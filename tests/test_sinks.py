@@ -1,12 +1,19 @@
 import csv
+from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 import orjson
+import pytest
 
+from anomalyd.app import DeadLetterSink, Runner, open_outputs
+from anomalyd.config import InputConfig, parse_config
+from anomalyd.errors import PermanentSinkError, SinkError
 from anomalyd.events import Alert, DeadLetter, Event
-from anomalyd.pipeline import BatchResult
+from anomalyd.pipeline import BatchResult, Pipeline
 from anomalyd.sinks.jsonl import FileSink, StdoutSink
 from anomalyd.sinks.scores import HEADER, ScoresWriter
+from anomalyd.sources.file import FileSource
 
 
 def make_alert(i=0):
@@ -70,3 +77,62 @@ def test_scores_writer_rows_with_empty_warmup_scores(tmp_path):
     assert rows[1] == ["f.csv", "k", "t0", "", "", "", "0"]
     assert rows[2] == ["f.csv", "k", "t1", "0.5", "", "1.0", "0"]
     assert rows[3] == ["f.csv", "k", "t2", "2.0", "0.9999", "1.0", "1"]
+
+
+class _CommitSpy(FileSource):
+    """A file source that reads the scores CSV at every commit: it must hold the committed rows."""
+
+    def __init__(self, paths: list[str], config: InputConfig, scores: Path):
+        super().__init__(paths, config)
+        self.scores = scores
+        self.seen: list[tuple[int, int]] = []
+
+    def commit(self, positions: dict) -> None:
+        rows = len(self.scores.read_text().splitlines()) - 1 if self.scores.exists() else 0
+        self.seen.append((positions["row"], rows))
+
+
+def test_the_scores_csv_holds_every_committed_row_at_the_commit_step(tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("timestamp,value\n" + "".join(f"{60 * i},{i % 7}\n" for i in range(3000)))
+    config = parse_config(
+        {"detector": "hst", "input": {"batch_size": 100}, "training": {"warmup_events": 100}}
+    )
+    scores = tmp_path / "s.csv"
+    source = _CommitSpy([str(data)], config.input, scores)
+    with ExitStack() as stack:
+        alerts, dead, observers = open_outputs(config, stack, alerts=tmp_path / "a.jsonl", scores=scores)
+        pipeline = Pipeline(config, source.expected_lengths())
+        Runner(source, pipeline, alerts, dead, observers, commit_interval_s=1e-9).run()
+    assert len(source.seen) > 20
+    assert all(committed == rows for committed, rows in source.seen), source.seen[:5]
+
+
+class _FailingSink:
+    def __init__(self, error: SinkError):
+        self.error, self.flushes = error, 0
+
+    def add(self, record: object) -> None:
+        pass
+
+    def flush(self) -> None:
+        self.flushes += 1
+        raise self.error
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("error", "retry"), [(PermanentSinkError("not authorized"), True), (SinkError("broker down"), False)]
+)
+def test_a_permanent_error_or_a_revoke_commit_is_not_retried(tmp_path, error, retry):
+    data = tmp_path / "d.csv"
+    data.write_text("timestamp,value\n0,1\n")
+    config = parse_config({"detector": "hst"})
+    source = FileSource([str(data)], config.input)
+    sink = _FailingSink(error)
+    runner = Runner(source, Pipeline(config, None), [sink], DeadLetterSink(None), retry_sink_errors=True)
+    with pytest.raises(type(error)):
+        runner.commit(retry=retry)
+    assert sink.flushes == 1 and not runner.sinks_healthy

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
 from pathlib import Path
 from typing import IO
 
@@ -21,25 +23,25 @@ class ScoresWriter:
     """``file,key,timestamp,score,grade,threshold,is_anomaly``; warm-up rows have an empty
     score, and rows the key's grader is not ready for an empty grade.
 
-    With ``append`` (a resumed replay) rows are added to an existing file: rows between the
-    snapshot and a crash then appear twice, with the same values.
+    An observer of each batch (``writer(result)``) that keeps its rows in memory until
+    :meth:`flush`, which the loop calls at its commit step before offsets are committed:
+    the file then holds exactly the rows of the committed batches, so a run resumed from
+    them neither misses nor repeats a row (rows after the last snapshot excepted, see
+    docs/operations.md). With ``append`` (a resumed replay) rows are added to an existing
+    file.
     """
 
     def __init__(self, path: str | Path, append: bool = False):
         self.path = Path(path)
         self.append = append
         self._file: IO[str] | None = None
+        self._pending = io.StringIO()
+        self._rows = csv.writer(self._pending)
+
+    def __call__(self, result: BatchResult) -> None:
+        self.write(result)
 
     def write(self, result: BatchResult) -> None:
-        if self._file is None:
-            header = not (self.append and self.path.exists() and self.path.stat().st_size > 0)
-            try:
-                self._file = open(self.path, "a" if self.append else "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
-            except OSError as exc:
-                raise SinkError(f"cannot open {self.path}: {exc.strerror}") from exc
-            self._rows = csv.writer(self._file)
-            if header:
-                self._rows.writerow(HEADER)
         rows = self._rows
         for event, score, grade, limit, flag in zip(
             result.events,
@@ -62,7 +64,32 @@ class ScoresWriter:
                 )
             )
 
+    def _open(self) -> IO[str]:
+        if self._file is None:
+            header = not (self.append and self.path.exists() and self.path.stat().st_size > 0)
+            try:
+                self._file = open(self.path, "a" if self.append else "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            except OSError as exc:
+                raise SinkError(f"cannot open {self.path}: {exc.strerror}") from exc
+            if header:
+                csv.writer(self._file).writerow(HEADER)
+        return self._file
+
+    def flush(self) -> None:
+        """Write the rows kept so far and fsync; SinkError if the file cannot take them."""
+        text = self._pending.getvalue()
+        handle = self._open()
+        try:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except OSError as exc:
+            raise SinkError(f"cannot write {self.path}: {exc.strerror}") from exc
+        self._pending.seek(0)
+        self._pending.truncate()
+
     def close(self) -> None:
+        self.flush()
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -7,7 +7,6 @@ letter; a file that cannot be read at all raises :class:`SourceError`.
 
 from __future__ import annotations
 
-import csv
 import glob
 import gzip
 import os
@@ -24,6 +23,7 @@ from anomalyd.errors import SourceError
 from anomalyd.events import DeadLetter
 from anomalyd.parsing import RecordParser, key_of
 from anomalyd.sources.base import Batch
+from anomalyd.sources.csvrows import CsvRows
 
 Format = Literal["csv", "jsonl"]
 _SUFFIX_FORMATS: dict[str, Format] = {
@@ -122,6 +122,14 @@ def _open_bytes(path: str) -> IO[bytes]:
     return open(path, "rb")
 
 
+def _lines(handle: IO[bytes]) -> Iterator[bytes]:
+    """The lines of a JSONL file; a UTF-8 byte-order mark before the first one is dropped."""
+    first = handle.readline()
+    if first:
+        yield first[3:] if first.startswith(b"\xef\xbb\xbf") else first
+        yield from handle
+
+
 def _undecodable(text: str) -> bool:
     """True when ``text`` holds bytes that were not UTF-8 (surrogate escapes)."""
     if text.isascii():  # O(1) in CPython: the common case costs nothing
@@ -136,30 +144,6 @@ def _undecodable(text: str) -> bool:
 def _readable(text: str) -> str:
     """``text`` with surrogate escapes turned into U+FFFD, so a dead letter is valid JSON."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def _tap(lines: Iterable[str], kept: list[str]) -> Iterator[str]:
-    """Pass ``lines`` through to ``csv.reader``, keeping them: the raw text of the current row."""
-    keep = kept.append
-    for line in lines:
-        keep(line)
-        yield line
-
-
-def _rows(reader: Iterator[list[str]]) -> Iterator[list[str] | None]:
-    """The rows of a CSV reader, None for a row it cannot split (the reader goes on after it)."""
-    while True:
-        try:
-            yield next(reader)
-        except StopIteration:
-            return
-        except csv.Error:
-            yield None
-
-
-def _raw(lines: list[str]) -> str:
-    """The raw text of a row from its lines (line end dropped, undecodable bytes as U+FFFD)."""
-    return _readable("".join(lines).rstrip("\r\n"))
 
 
 @dataclass(slots=True)
@@ -191,6 +175,8 @@ class FileSource:
         self._lengths: dict[str, int] | None = None
         self._total: int | None = None
         self._start = (0, 0)  # (file index, row) where batches() begins; see seek()
+        self._header: list[str] = []  # of the CSV file being read
+        self._width = 0
 
     def batches(self) -> Iterator[Batch]:
         """Yield batches of at most ``batch_size`` records in file order; a batch never spans two files."""
@@ -242,36 +228,27 @@ class FileSource:
 
     def _csv_chunks(self, path: str, handle: IO[str], skip: int = 0) -> Iterator[_Chunk]:
         size = self.config.batch_size
-        lines: list[str] = []
-        reader = csv.reader(_tap(handle, lines), delimiter=self.config.delimiter)
-        header = self._csv_header(path, reader)
-        width = len(header)
+        rows = self._csv_rows(path, handle)
+        width = self._width
         chunk, taken, row = _Chunk(), 0, 0
-        while True:
-            lines.clear()
-            try:
-                fields = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:  # e.g. an unclosed quote that ran past the field size limit
-                if row >= skip:
-                    reason = f"bad CSV row: {exc}"
-                    chunk.dead.append(DeadLetter(reason, _raw(lines), {"file": path, "row": row}))
+        for fields, error in rows:
+            if fields == []:  # a blank line, skipped as csv.DictReader does
+                continue
+            if row < skip:  # resuming: done before the snapshot was taken
+                row += 1
+                continue
+            source = {"file": path, "row": row}
+            lines = rows.lines
+            if fields is None:
+                chunk.dead.append(DeadLetter(str(error), _readable(rows.raw()), source))
+            elif len(fields) != width:
+                reason = f"expected {width} fields, got {len(fields)}"
+                chunk.dead.append(DeadLetter(reason, _readable(rows.raw()), source))
+            elif (len(lines) == 1 and lines[0].isascii()) or not _undecodable("".join(lines)):
+                chunk.records.append(dict(zip(self._header, fields, strict=True)))
+                chunk.sources.append(source)
             else:
-                if not fields:  # a blank line, skipped as csv.DictReader does
-                    continue
-                if row < skip:  # resuming: done before the snapshot was taken
-                    row += 1
-                    continue
-                source = {"file": path, "row": row}
-                if len(fields) != width:
-                    reason = f"expected {width} fields, got {len(fields)}"
-                    chunk.dead.append(DeadLetter(reason, _raw(lines), source))
-                elif (len(lines) == 1 and lines[0].isascii()) or not _undecodable("".join(lines)):
-                    chunk.records.append(dict(zip(header, fields, strict=True)))
-                    chunk.sources.append(source)
-                else:
-                    chunk.dead.append(DeadLetter("row is not valid UTF-8", _raw(lines), source))
+                chunk.dead.append(DeadLetter("row is not valid UTF-8", _readable(rows.raw()), source))
             row += 1
             taken += 1
             if taken == size:
@@ -282,15 +259,20 @@ class FileSource:
             chunk.end = row
             yield chunk
 
-    def _csv_header(self, path: str, reader: Iterator[list[str]]) -> list[str]:
-        for fields in reader:
+    def _csv_rows(self, path: str, handle: IO[str]) -> CsvRows:
+        """The rows of a CSV file after its header (kept in ``_header``, ``_width``)."""
+        rows = CsvRows(handle, self.config.delimiter)
+        for fields, _ in rows:
             if fields:
                 header = [_readable(name.strip()) for name in fields]
-                missing = [f for f in self._needed_fields() if f not in header]
+                needed = self._needed_fields()
+                missing = [f for f in needed if f not in header]
                 if missing:
                     names = ", ".join(repr(f) for f in missing)
                     raise SourceError(f"{path!r} has no column {names} (columns: {', '.join(header)})")
-                return header
+                rows.expect(len(header), [header.index(f) for f in needed])
+                self._header, self._width = header, len(header)
+                return rows
         raise SourceError(f"{path!r} is empty: a CSV file needs a header row")
 
     def _needed_fields(self) -> list[str]:
@@ -303,7 +285,7 @@ class FileSource:
         size = self.config.batch_size
         loads = orjson.loads
         chunk, taken, row = _Chunk(), 0, -1
-        for row, line in enumerate(handle):
+        for row, line in enumerate(_lines(handle)):
             if row < skip or not line.strip():
                 continue
             source = {"file": path, "row": row}
@@ -364,13 +346,12 @@ class FileSource:
     def _csv_keys(self, path: str) -> Iterator[str | None]:
         """The key of each data row of a CSV file (None when the row has none)."""
         with _open_text(path) as handle:
-            reader = csv.reader(handle, delimiter=self.config.delimiter)
-            header = self._csv_header(path, reader)
-            width = len(header)
+            rows = self._csv_rows(path, handle)
+            width = self._width
             key_field = self.config.key_field
             stem = file_stem(path)
-            column = header.index(key_field) if key_field is not None else -1
-            for fields in _rows(reader):
+            column = self._header.index(key_field) if key_field is not None else -1
+            for fields, _ in rows:
                 if fields == []:  # a blank line is no row
                     continue
                 if column < 0:
@@ -385,7 +366,7 @@ class FileSource:
         key_field = self.config.key_field
         stem = file_stem(path)
         with _open_bytes(path) as handle:
-            for line in handle:
+            for line in _lines(handle):
                 if not line.strip():
                     continue
                 if key_field is None:

@@ -20,7 +20,7 @@ from kafka.structs import OffsetAndMetadata
 from anomalyd.config import InputConfig, KafkaConfig, KafkaSourceConfig
 from anomalyd.errors import SourceError
 from anomalyd.events import DeadLetter, Event
-from anomalyd.kafka_common import client_options, describe
+from anomalyd.kafka_common import client_options, connection_failure, describe, is_fatal, watch_connections
 from anomalyd.logs import get_logger
 from anomalyd.parsing import RecordParser
 from anomalyd.sources.base import Batch
@@ -71,6 +71,8 @@ class KafkaSource:
         self.positions: dict[Partition, int] = {}
         self.keys_by_partition: dict[Partition, set[str]] = {}
         self.last_poll = 0.0
+        self.commit_ok = True  # the last offset commit was accepted
+        self._missing_since: float | None = None  # when a configured topic was first unknown
         self._consumer: KafkaConsumer | None = None
         self._resume: dict[Partition, int] = {}  # a snapshot's offsets, sought on assignment
 
@@ -79,6 +81,7 @@ class KafkaSource:
         """Build the consumer, retrying with backoff while the broker is unreachable."""
         delay = self.retry_backoff_s
         while not self.should_stop():
+            watch_connections()
             try:
                 consumer = KafkaConsumer(
                     group_id=self.config.group_id,
@@ -91,7 +94,10 @@ class KafkaSource:
                     max_poll_records=self.config.max_poll_records,
                     **client_options(self.connection),
                 )
-            except (RetriableError, KafkaConnectionError):
+            except (RetriableError, KafkaConnectionError) as exc:
+                cause = connection_failure()
+                if cause is not None:  # the broker answers and refuses us: no retry helps
+                    raise SourceError(f"cannot connect to Kafka: {cause}") from exc
                 log.warning("broker_unavailable", retry_in_s=delay, **describe(self.connection))
                 _sleep_unless(self.should_stop, delay)
                 delay = min(delay * 2, self.retry_backoff_max_s)
@@ -127,10 +133,14 @@ class KafkaSource:
                     timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_poll_records
                 )
             except KafkaError as exc:
+                if is_fatal(exc):
+                    raise SourceError(f"cannot consume {self._topics()}: {exc}") from exc
                 log.warning("poll_failed", error=str(exc))
                 _sleep_unless(self.should_stop, self.retry_backoff_s)
                 continue
             self.last_poll = time.monotonic()
+            if not self.assigned:
+                self._check_topics()
             events: list[Event] = []
             dead: list[DeadLetter] = []
             for tp, messages in polled.items():
@@ -150,8 +160,10 @@ class KafkaSource:
     def _parse(self, message: Any) -> Event | DeadLetter:
         source = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
         key = message.key.decode("utf-8", "replace") if message.key is not None else message.topic
+        if message.value is None:
+            return _dead("message value is null (a tombstone)", message, source)
         try:
-            record = orjson.loads(message.value) if message.value is not None else None
+            record = orjson.loads(message.value)
         except orjson.JSONDecodeError as exc:
             return _dead(f"message value is not JSON: {exc}", message, source)
         if not isinstance(record, dict):
@@ -175,11 +187,37 @@ class KafkaSource:
         try:
             self._consumer.commit(offsets)
         except KafkaError as exc:
+            if is_fatal(exc):
+                raise SourceError(f"cannot commit offsets of {self._topics()}: {exc}") from exc
             # Typically the group rebalanced under us (CommitFailedError): the partitions'
             # next owner re-reads from the last commit, so nothing is lost, some is re-sent.
             log.warning("commit_failed", error=str(exc), error_type=type(exc).__name__)
+            self.commit_ok = False
             return
+        self.commit_ok = True
         log.debug("committed", offsets={f"{t.topic}:{t.partition}": o.offset for t, o in offsets.items()})
+
+    def _check_topics(self) -> None:
+        """SourceError when a configured topic stays unknown to the cluster (auto-create off).
+
+        Read from the consumer's metadata cache (no request): a broker that creates topics
+        on subscription lists it after the first refresh.
+        """
+        cluster = getattr(self._consumer, "_cluster", None)
+        known = cluster.topics() if cluster is not None and cluster.brokers() else None
+        missing = sorted(set(self.config.topics) - known) if known is not None else []
+        if not missing:
+            self._missing_since = None
+            return
+        now = time.monotonic()
+        if self._missing_since is None:
+            self._missing_since = now
+        elif now - self._missing_since > self.connection.request_timeout_ms / 1000:
+            names = ", ".join(repr(t) for t in missing)
+            raise SourceError(f"topic {names} does not exist on the brokers (and is not created on use)")
+
+    def _topics(self) -> str:
+        return self.config.topic_pattern or ", ".join(self.config.topics)
 
     # -- snapshots --------------------------------------------------------------------
     def identity(self) -> str:
@@ -255,15 +293,26 @@ class KafkaSource:
 
     @property
     def ready(self) -> bool:
-        """Assigned partitions and a poll within the last few poll timeouts."""
-        recent = time.monotonic() - self.last_poll < max(5.0, 10 * self.config.poll_timeout_ms / 1000)
-        return bool(self.assigned) and recent
+        """Assigned partitions, a poll within the last few poll timeouts, the last commit
+        accepted, and the group coordinator answering heartbeats (a frozen broker does not)."""
+        now = time.monotonic()
+        recent = now - self.last_poll < max(5.0, 10 * self.config.poll_timeout_ms / 1000)
+        return bool(self.assigned) and recent and self.commit_ok and self._heard_from_broker(now)
+
+    def _heard_from_broker(self, now: float) -> bool:
+        # kafka-python keeps when the last heartbeat was answered on its coordinator (a
+        # background thread sends them every heartbeat_interval_ms, also between polls).
+        heartbeat = getattr(getattr(self._consumer, "_coordinator", None), "heartbeat", None)
+        answered = getattr(heartbeat, "last_receive", None)
+        if not isinstance(answered, float) or answered == float("-inf"):
+            return True  # not known (yet): the other checks decide
+        return now - answered < 2 * self.config.heartbeat_interval_ms / 1000 + 1.0
 
 
 def _dead(reason: str, message: Any, source: dict[str, Any]) -> DeadLetter:
     value: bytes | None = message.value
     text = value.decode("utf-8", "replace") if value is not None else None
-    return DeadLetter(reason, text, source, raw=value, raw_key=message.key)
+    return DeadLetter(reason, text, source, raw=value, raw_key=message.key, from_kafka=True)
 
 
 def _names(partitions: list[Partition]) -> list[str]:
