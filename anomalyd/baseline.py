@@ -6,7 +6,9 @@ al., 2011) looks at the newest value of each window: the key's features standard
 their running mean and deviation before the value (river's ``StandardScaler`` without a
 look-ahead, exactly what the autoencoder sees), within ``[-limit, limit]`` (HST splits a
 fixed box; a value beyond it falls in an outermost cell). ``score_one`` then ``learn_one``,
-one event after the other. The warm-up windows prime the forest while they calibrate the
+one event after the other. With ``hst.scaler: minmax`` (and ``window.normalise: none``) the
+forest sees river's ``MinMaxScaler`` of the raw values instead, in HST's own unit box: river's
+``MinMaxScaler | HalfSpaceTrees``. The warm-up windows prime the forest while they calibrate the
 threshold; pair it with ``threshold.method: river_quantile`` (river's ``QuantileFilter``
 rule: a score at or above the running quantile of all past scores) for river's own setup.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from river import anomaly
+from river import anomaly, compose, preprocessing
 
 from anomalyd.config import HstConfig
 from anomalyd.detector import Detector, ModelSlot
@@ -33,7 +35,7 @@ class HstDetector(Detector):
     def __init__(self, hst: HstConfig, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.hst = hst
-        self.forests: dict[str, anomaly.HalfSpaceTrees] = {}
+        self.forests: dict[str, anomaly.HalfSpaceTrees | compose.Pipeline] = {}
         self._names = [f"f{i}" for i in range(self.args.n_features)]
 
     def model_id(self, key: str) -> str:
@@ -44,14 +46,18 @@ class HstDetector(Detector):
 
     def train(self, model_id: str) -> FitReport:
         """Plant the forest; it learns from the warm-up windows as the threshold is calibrated."""
-        slot = self.slot(model_id)
-        self.forests[model_id] = anomaly.HalfSpaceTrees(
-            n_trees=self.hst.n_trees,
-            height=self.hst.height,
-            window_size=self.hst.window_size,
-            limits={name: (-self.hst.limit, self.hst.limit) for name in self._names},
-            seed=self.hst.seed,
-        )
+        slot, hst = self.slot(model_id), self.hst
+        trees: dict[str, Any] = {
+            "n_trees": hst.n_trees,
+            "height": hst.height,
+            "window_size": hst.window_size,
+            "seed": hst.seed,
+        }
+        if hst.scaler == "minmax":  # HST's default box, [0, 1] per feature, is MinMaxScaler's
+            self.forests[model_id] = preprocessing.MinMaxScaler() | anomaly.HalfSpaceTrees(**trees)
+        else:
+            limits: dict[Any, tuple[float, float]] = {name: (-hst.limit, hst.limit) for name in self._names}
+            self.forests[model_id] = anomaly.HalfSpaceTrees(limits=limits, **trees)
         slot.version = 1
         slot.last_report = FitReport(len(slot.buffer), 0, float("nan"), float("nan"))
         return slot.last_report

@@ -175,6 +175,7 @@ class HstConfig(_Section):
     window_size: int = Field(250, ge=1)
     limit: float = Field(4.0, gt=0.0)
     seed: int = 42
+    scaler: Literal["none", "minmax"] = "none"
 
 
 class RetrainingConfig(_Section):

@@ -49,3 +49,23 @@ def test_hst_refuses_a_snapshot_clearly():
     run(pipeline, sine_events("k", 300), 64)
     with pytest.raises(ModelError, match="snapshotted: run it without a state directory"):
         pipeline.get_state()
+
+
+def test_the_minmax_baseline_scores_raw_values_and_flags_a_spike():
+    """config/nab-hst-quantile.yaml's scorer: river's MinMaxScaler | HalfSpaceTrees on raw values."""
+    cfg = small_config(
+        detector="hst",
+        hst={"scaler": "minmax"},
+        window={"length": 2, "normalise": "none"},
+        retraining={"enabled": False},
+        threshold={"method": "river_quantile", "quantile": 0.99},
+    )
+    pipeline = Pipeline(cfg)
+    events = sine_events("k", 1200)
+    results = run(pipeline, events, 64)
+    scores = np.concatenate([r.scores for r in results])
+    assert np.isfinite(scores[150:]).all() and ((scores >= 0) & (scores <= 1))[150:].all()
+    scaler = pipeline.detector.forests["k"].steps["MinMaxScaler"]
+    raw = np.array([e.values[0] for e in events])
+    low, high = scaler.min["f0"].get(), scaler.max["f0"].get()
+    assert (low, high) == (pytest.approx(raw.min(), rel=1e-6), pytest.approx(raw.max(), rel=1e-6))
