@@ -20,8 +20,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/anomalyd replay examples/machine.csv --plot machine.png
 
+# The model-dependent end-to-end tests again on torch's generic kernels: another CPU's floats.
 test: setup
 	$(BIN)/pytest
+	ATEN_CPU_CAPABILITY=default $(BIN)/pytest -q -m kernels
 
 lint: setup
 	$(BIN)/ruff check .

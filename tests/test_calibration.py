@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from anomalyd.pipeline import Pipeline
 
 from .helpers import batches, sine_events, small_config
+
+pytestmark = pytest.mark.kernels
 
 
 def decided(calibration: str, spikes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

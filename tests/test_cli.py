@@ -118,6 +118,7 @@ def test_replay_prints_alerts_on_stdout_by_default(tmp_path):
     assert alerts and all(a["key"] == "machine" for a in alerts)
 
 
+@pytest.mark.kernels
 def test_the_defaults_alert_once_on_each_injected_anomaly_of_the_example(tmp_path):
     """`make demo`'s claim: no config, the full default model; the spike, the level drop and
     the flattened cycle that examples/make_example.py injects each raise one alert."""

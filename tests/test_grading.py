@@ -123,6 +123,7 @@ def decided(pipeline: Pipeline, events) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(grades), np.concatenate(flags)
 
 
+@pytest.mark.kernels
 def test_the_pipeline_grades_every_decided_event():
     pipeline = Pipeline(grade_config(retraining={"enabled": False}))
     grades, flags = decided(pipeline, sine_events("k", 700, spikes=(600,)))
@@ -133,6 +134,7 @@ def test_the_pipeline_grades_every_decided_event():
     assert not flags[:590].any()
 
 
+@pytest.mark.kernels
 def test_grades_do_not_jump_when_a_model_is_rolled_back():
     pipeline = Pipeline(grade_config(retraining={"enabled": False}))
     events = sine_events("k", 1400)
@@ -145,6 +147,7 @@ def test_grades_do_not_jump_when_a_model_is_rolled_back():
     assert abs(np.nanmedian(after) - np.nanmedian(before[-500:])) < 0.3
 
 
+@pytest.mark.kernels
 def test_grades_do_not_jump_when_a_retrained_model_is_promoted():
     retraining = {"every_events": 300, "on_drift": False, "min_windows": 50, "swap_after_events": 40}
     pipeline = Pipeline(grade_config(retraining=retraining))
