@@ -22,6 +22,7 @@ SCRIPTS = {
     "memory.py": "| keys | scoring | events",
     "kafka_throughput.py": "| threads | events |",
     "retraining.py": "| windows | threads | epochs",
+    "promise.py": "| file | decided | promised | observed",
 }
 
 
