@@ -38,7 +38,7 @@ from anomalyd.keystates import KeyState, KeyStates
 from anomalyd.model import WindowModel
 from anomalyd.retraining import RetrainOutcome
 from anomalyd.sources.base import Batch
-from anomalyd.thresholds import make_grader, make_threshold
+from anomalyd.thresholds import GradeThreshold, make_grader, make_threshold
 from anomalyd.windows import WindowStore
 
 TOP_FEATURES = 3
@@ -474,8 +474,9 @@ def _decide(state: KeyState, score: float) -> tuple[float, float, bool]:
     threshold, grader = state.threshold, state.grader
     grade = grader.grade(score) if grader is not None else math.nan
     limit = threshold.value
+    # A grade threshold decides on the grade just computed; the others on the raw score.
     anomalous = (
-        grade > grader.cut if state.own_grader is None and grader is not None else threshold.classify(score)
+        grade > threshold.grader.cut if isinstance(threshold, GradeThreshold) else threshold.classify(score)
     )
     state.learn(score)
     return grade, limit, anomalous
