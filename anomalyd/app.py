@@ -337,7 +337,7 @@ class Runner:
         return stats
 
 
-_REPORT_FIELDS = ("windows", "epochs", "train_loss", "validation_loss")
+_REPORT_FIELDS = ("windows", "epochs", "train_loss", "validation_loss", "steps", "seconds")
 
 
 def _report_fields(report: object) -> dict[str, object]:

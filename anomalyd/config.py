@@ -140,6 +140,8 @@ class TrainingConfig(_Section):
     grad_clip: float = Field(1.0, gt=0.0)
     max_windows: int = Field(4096, ge=1)
     threads: int = Field(1, ge=1, le=256)
+    max_steps: int | None = Field(None, ge=1)  # optimizer steps per training at most; null: epochs decide
+    patience: int | None = Field(None, ge=1)  # stop after this many epochs without a better held-back loss
 
 
 class ThresholdConfig(_Section):
@@ -194,6 +196,8 @@ class RetrainingConfig(_Section):
     min_windows: int = Field(256, ge=2)
     swap_after_events: int = Field(1024, ge=1)
     tolerance: float = Field(0.1, ge=0.0)
+    warm_start: bool = False  # candidates start from the live model's weights, not from scratch
+    max_steps: int | None = Field(None, ge=1)  # optimizer steps per retraining; null: training.max_steps
 
 
 class AlertConfig(_Section):

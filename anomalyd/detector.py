@@ -12,6 +12,7 @@ not depend on how fast the machine trained it.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import threading
@@ -122,7 +123,9 @@ class Detector:
         scoring_threads = torch.get_num_threads()
         torch.set_num_threads(self.training.threads)
         try:
-            slot.model, slot.last_report = fit(self.args, windows, self.training, seed, self.device)
+            slot.model, slot.last_report = fit(
+                self.args, windows, self.training, seed, self.device, max_steps=self.training.max_steps
+            )
         finally:
             torch.set_num_threads(scoring_threads)
         slot.version += 1
@@ -264,8 +267,21 @@ class Detector:
                 initializer=torch.set_num_threads,
                 initargs=(self.training.threads,),
             )
+        cfg = self.retraining
+        # A copy taken now, in stream order: the worker never reads weights that are scoring.
+        start = copy.deepcopy(slot.model) if cfg.warm_start else None
+        budget = cfg.max_steps if cfg.max_steps is not None else self.training.max_steps
         future = self._executor.submit(
-            challenge, self.args, windows, self.training, seed, self.device, slot.model, self._cancel
+            challenge,
+            self.args,
+            windows,
+            self.training,
+            seed,
+            self.device,
+            slot.model,
+            self._cancel,
+            start,
+            budget,
         )
         slot.job = RetrainJob(future, swap_at, reason, windows, seed)
 

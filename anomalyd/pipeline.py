@@ -430,7 +430,11 @@ class Pipeline:
 
 # Keys added to a section after snapshots and checkpoints of it existed, with the value that
 # means "as before": left out of the hash at that value, so an upgrade keeps the saved state.
-_ADDED_KEYS: dict[str, dict[str, Any]] = {"model": {"members": 1}}
+_ADDED_KEYS: dict[str, dict[str, Any]] = {
+    "model": {"members": 1},
+    "training": {"max_steps": None, "patience": None},
+    "retraining": {"warm_start": False, "max_steps": None},
+}
 
 
 def _hash(config: Config, sections: tuple[str, ...]) -> str:
