@@ -315,6 +315,8 @@ class Runner:
                     validation_loss=outcome.validation_loss,
                     champion_loss=outcome.champion_loss,
                     scale=outcome.scale,
+                    steps=outcome.steps,
+                    seconds=outcome.seconds,
                 )
             if self.state_dir is not None:
                 self._checkpoint(result)

@@ -293,7 +293,11 @@ class Detector:
     def _reset_drift(self, slot: ModelSlot) -> None:
         slot.drifted = False
         on = self.retraining.enabled and self.retraining.on_drift  # no monitor: nothing to trigger
-        slot.drift = DriftMonitor(self.retraining.drift_delta) if on else None
+        slot.drift = DriftMonitor(self.retraining.drift_delta, block=self._drift_block()) if on else None
+
+    def _drift_block(self) -> int:
+        block = self.retraining.drift_block
+        return self.args.window_length if block is None else block
 
     def swap(self, model_id: str) -> RetrainOutcome:
         """Wait for the due candidate, judge it against the live model, promote it or not."""
@@ -318,6 +322,8 @@ class Detector:
             loss,
             candidate.champion_loss,
             candidate.scale,
+            candidate.report.steps,
+            candidate.report.seconds,
         )
 
     # -- snapshots ------------------------------------------------------------------------
@@ -370,7 +376,8 @@ class Detector:
             slot.since_training = int(saved["since_training"])
             slot.trained_at = now - float(saved["age_s"])
             if saved["drift"] is not None and self.retraining.on_drift:
-                slot.drift = DriftMonitor(self.retraining.drift_delta, np.asarray(saved["drift"]))
+                history = np.asarray(saved["drift"])
+                slot.drift = DriftMonitor(self.retraining.drift_delta, history, block=self._drift_block())
             slot.drifted = bool(saved["drifted"])
             if slot.carried is not None and saved.get("carried") is not None:
                 slot.carried.set_state(saved["carried"])

@@ -428,12 +428,14 @@ class Pipeline:
         )
 
 
-# Keys added to a section after snapshots and checkpoints of it existed, with the value that
-# means "as before": left out of the hash at that value, so an upgrade keeps the saved state.
+# Keys added to a section after snapshots and checkpoints of it existed, left out of the hash
+# at their default, so an upgrade keeps the saved state: ``members`` at 1 means "as before";
+# the training budgets, warm starts and drift blocks change how later trainings run, not
+# what the saved state means.
 _ADDED_KEYS: dict[str, dict[str, Any]] = {
     "model": {"members": 1},
-    "training": {"max_steps": None, "patience": None},
-    "retraining": {"warm_start": False, "max_steps": None},
+    "training": {"max_steps": 300, "patience": 3},
+    "retraining": {"warm_start": True, "max_steps": 100, "drift_block": None},
 }
 
 

@@ -30,7 +30,9 @@ def test_the_step_budget_caps_optimizer_steps(monkeypatch):
     monkeypatch.setattr(
         torch.optim.Adam, "step", lambda self, *a, **k: taken.append(1) or step(self, *a, **k)
     )
-    config = TrainingConfig(epochs=10, batch_size=16)  # 180 training windows: 12 steps an epoch
+    config = TrainingConfig(
+        epochs=10, batch_size=16, patience=None
+    )  # 180 training windows: 12 steps an epoch
     _, report = fit(ARGS, sine_windows(200), config, 0, CPU, max_steps=17)
     assert len(taken) == report.steps == 17
     assert report.epochs == 2  # the budget ran out in the second epoch
@@ -47,7 +49,7 @@ def test_early_stopping_keeps_the_best_epoch():
     assert stopped.epochs < 40
     # The same seed without patience, for as many epochs, ends on the last epoch's weights,
     # which were not better than the best (that is why training stopped).
-    plain = TrainingConfig(epochs=stopped.epochs, batch_size=16, learning_rate=0.05)
+    plain = TrainingConfig(epochs=stopped.epochs, batch_size=16, learning_rate=0.05, patience=None)
     _, last = fit(ARGS, windows, plain, 0, CPU)
     assert stopped.validation_loss <= last.validation_loss
 
