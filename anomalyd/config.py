@@ -128,6 +128,9 @@ class ModelConfig(_Section):
     carry_state: bool = False
     normalise_errors: bool = False
     members: int = Field(1, ge=1, le=64)
+    group_networks: Literal["auto", "on", "off"] = (
+        "auto"  # one batched pass for many networks; auto: on a GPU
+    )
 
 
 class TrainingConfig(_Section):

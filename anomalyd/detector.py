@@ -28,7 +28,8 @@ import torch
 
 from anomalyd.carry import CarriedStates
 from anomalyd.config import Config, ModelConfig, RetrainingConfig, TrainingConfig
-from anomalyd.model import Kind, ModelArgs, WindowModel, build_model, resolve_device, window_errors
+from anomalyd.grouped import GroupedScorer
+from anomalyd.model import Ensemble, Kind, ModelArgs, WindowModel, build_model, resolve_device, window_errors
 from anomalyd.retraining import DriftMonitor, RetrainJob, RetrainOutcome
 from anomalyd.scaling import ScaleMeasurement, hand_over_scale
 from anomalyd.training import FitReport, challenge, fit
@@ -96,9 +97,17 @@ class Detector:
             # (OpenMP workers spin; two processes of two threads each on two cores crawl).
             torch.set_num_threads(1 if self.device.type == "cpu" else model.threads)
         self.slots: dict[str, ModelSlot] = {}
+        self.grouped = GroupedScorer() if self._groups_networks() else None
         self._scorers: ThreadPoolExecutor | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._cancel = threading.Event()
+
+    def _groups_networks(self) -> bool:
+        """``model.group_networks``: on, or auto on a GPU, for the shapes it can stack."""
+        setting, args = self.config.group_networks, self.args
+        if setting == "off" or self.config.carry_state or args.cell != "lstm" or args.num_layers != 1:
+            return False
+        return setting == "on" or self.device.type == "cuda"
 
     def model_id(self, key: str) -> str:
         return key if self.config.scope == "per_key" else SHARED
@@ -184,7 +193,12 @@ class Detector:
             begin, end = bounds
             for start in range(begin, end, size):
                 stop = min(start + size, end)
-                s, f = window_errors(model, data[start:stop].to(self.device))
+                chunk = data[start:stop].to(self.device)
+                if self.grouped is not None and isinstance(model, Ensemble):
+                    f = self.grouped.errors([model], [chunk])[0]  # the members in one pass
+                    s = f.mean(dim=1)
+                else:
+                    s, f = window_errors(model, chunk)
                 scores[start:stop], per_feature[start:stop] = s.cpu().numpy(), f.cpu().numpy()
 
         parts = min(self.workers, n // _MIN_PART)
@@ -194,6 +208,27 @@ class Detector:
             cuts = [n * i // parts for i in range(parts + 1)]
             list(self._scoring_pool().map(part, itertools.pairwise(cuts)))
         return scores, per_feature
+
+    def score_many(
+        self, requests: list[tuple[str, np.ndarray, np.ndarray]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`score` of several models' live windows ``(model_id, windows, keys)``; with
+        ``model.group_networks`` all of them in one batched pass."""
+        size = self.config.score_batch_size
+        if self.grouped is None or len(requests) < 2 or any(len(w) > size for _, w, _ in requests):
+            return [self.score(model_id, windows, keys) for model_id, windows, keys in requests]
+        models = []
+        for model_id, _, _ in requests:
+            model = self.slots[model_id].model
+            if model is None:
+                raise RuntimeError(f"model {model_id!r} has not been trained")
+            models.append(model)
+        data = [
+            torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(self.device)
+            for _, w, _ in requests
+        ]
+        errors = self.grouped.errors(models, data)
+        return [(f.mean(dim=1).cpu().numpy(), f.cpu().numpy()) for f in errors]
 
     def _scoring_pool(self) -> ThreadPoolExecutor:
         if self._scorers is None:

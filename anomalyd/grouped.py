@@ -120,3 +120,35 @@ class GroupedNets:
         k = self.per_model
         every = x.unsqueeze(1).expand(m, k, b, t, f).reshape(m * k, b, t, f)
         return self.net_errors(every).reshape(m, k, b, f).mean(dim=1)
+
+
+class GroupedScorer:
+    """Scores the windows of several models in one batched pass, the stacked weights kept
+    while the models stay the same (stacking a thousand models' weights costs more than
+    scoring them)."""
+
+    def __init__(self) -> None:
+        self._models: tuple[int, ...] = ()
+        self._nets: GroupedNets | None = None
+
+    def _stacked(self, models: list[WindowModel]) -> GroupedNets:
+        ids = tuple(id(model) for model in models)
+        if self._nets is None or ids != self._models:
+            self._nets, self._models = GroupedNets.of(models), ids
+        return self._nets
+
+    def errors(self, models: list[WindowModel], windows: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each model's squared errors (n_m, F) of its windows (n_m, T, F), relative to its
+        error scale as :func:`anomalyd.model.window_errors` makes them; one batched pass,
+        the models' windows padded to the longest."""
+        longest = max(len(w) for w in windows)
+        first = windows[0]
+        padded = first.new_zeros((len(windows), longest, *first.shape[1:]))  # (M, B, T, F)
+        for row, part in enumerate(windows):
+            padded[row, : len(part)] = part
+        with torch.inference_mode():
+            errors = self._stacked(models).model_errors(padded)  # (M, B, F)
+            return [
+                m.relative(errors[row, : len(w)])
+                for row, (m, w) in enumerate(zip(models, windows, strict=True))
+            ]
