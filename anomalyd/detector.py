@@ -36,6 +36,7 @@ from anomalyd.training import FitReport, challenge, fit
 
 SHARED = ""
 _MIN_PART = 64  # windows: below this a part costs more in thread hand-offs than it saves
+_CPU_GROUPED = 2  # windows per model at most for a stacked pass on a CPU (bench/batched_networks.py)
 
 
 @dataclass
@@ -103,11 +104,21 @@ class Detector:
         self._cancel = threading.Event()
 
     def _groups_networks(self) -> bool:
-        """``model.group_networks``: on, or auto on a GPU, for the shapes it can stack."""
+        """Whether ``model.group_networks`` may stack this shape of network at all."""
         setting, args = self.config.group_networks, self.args
-        if setting == "off" or self.config.carry_state or args.cell != "lstm" or args.num_layers != 1:
+        return (
+            setting != "off" and not self.config.carry_state and args.cell == "lstm" and args.num_layers == 1
+        )
+
+    def _stacks(self, windows: int, models: int) -> bool:
+        """``on``, or ``auto`` on a GPU: always. ``auto`` on a CPU: only for models with at most
+        ``_CPU_GROUPED`` windows each, where torch's LSTM kernel costs more in per-call overhead
+        than the stacked pass's Python loop over time steps."""
+        if self.grouped is None:
             return False
-        return setting == "on" or self.device.type == "cuda"
+        if self.config.group_networks == "on" or self.device.type == "cuda":
+            return True
+        return windows <= _CPU_GROUPED * models
 
     def model_id(self, key: str) -> str:
         return key if self.config.scope == "per_key" else SHARED
@@ -194,7 +205,7 @@ class Detector:
             for start in range(begin, end, size):
                 stop = min(start + size, end)
                 chunk = data[start:stop].to(self.device)
-                if self.grouped is not None and isinstance(model, Ensemble):
+                if self.grouped is not None and isinstance(model, Ensemble) and self._stacks(stop - start, 1):
                     f = self.grouped.errors([model], [chunk])[0]  # the members in one pass
                     s = f.mean(dim=1)
                 else:
@@ -215,7 +226,13 @@ class Detector:
         """:meth:`score` of several models' live windows ``(model_id, windows, keys)``; with
         ``model.group_networks`` all of them in one batched pass."""
         size = self.config.score_batch_size
-        if self.grouped is None or len(requests) < 2 or any(len(w) > size for _, w, _ in requests):
+        total = sum(len(w) for _, w, _ in requests)
+        stack = (
+            len(requests) > 1
+            and self._stacks(total, len(requests))
+            and all(len(w) <= size for _, w, _ in requests)
+        )
+        if self.grouped is None or not stack:
             return [self.score(model_id, windows, keys) for model_id, windows, keys in requests]
         models = []
         for model_id, _, _ in requests:
