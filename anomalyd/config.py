@@ -143,7 +143,7 @@ class TrainingConfig(_Section):
     grad_clip: float = Field(1.0, gt=0.0)
     max_windows: int = Field(4096, ge=1)
     threads: int = Field(1, ge=1, le=256)
-    max_steps: int | None = Field(300, ge=1)  # optimizer steps per training at most; null: epochs decide
+    max_steps: int | None = Field(100, ge=1)  # optimizer steps per training at most; null: epochs decide
     patience: int | None = Field(3, ge=1)  # stop after this many epochs without a better held-back loss
 
 

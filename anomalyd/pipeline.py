@@ -443,7 +443,7 @@ class Pipeline:
 # what the saved state means.
 _ADDED_KEYS: dict[str, dict[str, Any]] = {
     "model": {"members": 1, "group_networks": "auto"},
-    "training": {"max_steps": 300, "patience": 3},
+    "training": {"max_steps": 100, "patience": 3},
     "retraining": {"warm_start": True, "max_steps": 100, "drift_block": None},
 }
 
