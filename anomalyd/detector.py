@@ -111,14 +111,14 @@ class Detector:
         )
 
     def _stacks(self, windows: int, models: int) -> bool:
-        """``on``, or ``auto`` on a GPU: always. ``auto`` on a CPU: only for models with at most
+        """``auto`` on a GPU, or ``on``: always. ``on`` on a CPU: only for models with at most
         ``_CPU_GROUPED`` windows each, where torch's LSTM kernel costs more in per-call overhead
-        than the stacked pass's Python loop over time steps."""
-        if self.grouped is None:
+        than the stacked pass's Python loop over time steps. Not ``auto`` on a CPU: whether a
+        batch is stacked would depend on how a source cut the batches, and its float rounding
+        with it."""
+        if self.grouped is None or (self.config.group_networks == "auto" and self.device.type != "cuda"):
             return False
-        if self.config.group_networks == "on" or self.device.type == "cuda":
-            return True
-        return windows <= _CPU_GROUPED * models
+        return self.device.type == "cuda" or windows <= _CPU_GROUPED * models
 
     def model_id(self, key: str) -> str:
         return key if self.config.scope == "per_key" else SHARED
