@@ -319,6 +319,8 @@ class Runner:
                     validation_loss=outcome.validation_loss,
                     champion_loss=outcome.champion_loss,
                     scale=outcome.scale,
+                    steps=outcome.steps,
+                    seconds=outcome.seconds,
                 )
             if self.state_dir is not None:
                 self._checkpoint(result)
@@ -341,7 +343,7 @@ class Runner:
         return stats
 
 
-_REPORT_FIELDS = ("windows", "epochs", "train_loss", "validation_loss")
+_REPORT_FIELDS = ("windows", "epochs", "train_loss", "validation_loss", "steps", "seconds")
 
 
 def _report_fields(report: object) -> dict[str, object]:

@@ -35,6 +35,7 @@ class HstDetector(Detector):
     def __init__(self, hst: HstConfig, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.hst = hst
+        self.grouped = None  # no networks to stack: every model scores on its own
         self.forests: dict[str, anomaly.HalfSpaceTrees | compose.Pipeline] = {}
         self._names = [f"f{i}" for i in range(self.args.n_features)]
 

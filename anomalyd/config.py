@@ -128,6 +128,9 @@ class ModelConfig(_Section):
     carry_state: bool = False
     normalise_errors: bool = False
     members: int = Field(1, ge=1, le=64)
+    group_networks: Literal["auto", "on", "off"] = (
+        "auto"  # one batched pass for many networks; auto: on a GPU
+    )
 
 
 class TrainingConfig(_Section):
@@ -140,6 +143,8 @@ class TrainingConfig(_Section):
     grad_clip: float = Field(1.0, gt=0.0)
     max_windows: int = Field(4096, ge=1)
     threads: int = Field(1, ge=1, le=256)
+    max_steps: int | None = Field(100, ge=1)  # optimizer steps per training at most; null: epochs decide
+    patience: int | None = Field(3, ge=1)  # stop after this many epochs without a better held-back loss
 
 
 class ThresholdConfig(_Section):
@@ -197,9 +202,12 @@ class RetrainingConfig(_Section):
     on_drift: bool = True
     drift_delta: float = Field(0.002, gt=0.0, lt=1.0)
     drift_min_events: int = Field(4096, ge=0)
+    drift_block: int | None = Field(None, ge=1)  # ADWIN reads means of this many scores; null: window.length
     min_windows: int = Field(256, ge=2)
     swap_after_events: int = Field(1024, ge=1)
     tolerance: float = Field(0.1, ge=0.0)
+    warm_start: bool = True  # candidates start from the live model's weights, not from scratch
+    max_steps: int | None = Field(100, ge=1)  # optimizer steps per retraining; null: training.max_steps
 
 
 class AlertConfig(_Section):

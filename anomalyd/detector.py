@@ -12,6 +12,7 @@ not depend on how fast the machine trained it.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import threading
@@ -27,13 +28,15 @@ import torch
 
 from anomalyd.carry import CarriedStates
 from anomalyd.config import Config, ModelConfig, RetrainingConfig, TrainingConfig
-from anomalyd.model import Kind, ModelArgs, WindowModel, build_model, resolve_device, window_errors
+from anomalyd.grouped import GroupedScorer
+from anomalyd.model import Ensemble, Kind, ModelArgs, WindowModel, build_model, resolve_device, window_errors
 from anomalyd.retraining import DriftMonitor, RetrainJob, RetrainOutcome
 from anomalyd.scaling import ScaleMeasurement, hand_over_scale
 from anomalyd.training import FitReport, challenge, fit
 
 SHARED = ""
 _MIN_PART = 64  # windows: below this a part costs more in thread hand-offs than it saves
+_CPU_GROUPED = 2  # windows per model at most for a stacked pass on a CPU (bench/batched_networks.py)
 
 
 @dataclass
@@ -95,9 +98,27 @@ class Detector:
             # (OpenMP workers spin; two processes of two threads each on two cores crawl).
             torch.set_num_threads(1 if self.device.type == "cpu" else model.threads)
         self.slots: dict[str, ModelSlot] = {}
+        self.grouped = GroupedScorer() if self._groups_networks() else None
         self._scorers: ThreadPoolExecutor | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._cancel = threading.Event()
+
+    def _groups_networks(self) -> bool:
+        """Whether ``model.group_networks`` may stack this shape of network at all."""
+        setting, args = self.config.group_networks, self.args
+        return (
+            setting != "off" and not self.config.carry_state and args.cell == "lstm" and args.num_layers == 1
+        )
+
+    def _stacks(self, windows: int, models: int) -> bool:
+        """``auto`` on a GPU, or ``on``: always. ``on`` on a CPU: only for models with at most
+        ``_CPU_GROUPED`` windows each, where torch's LSTM kernel costs more in per-call overhead
+        than the stacked pass's Python loop over time steps. Not ``auto`` on a CPU: whether a
+        batch is stacked would depend on how a source cut the batches, and its float rounding
+        with it."""
+        if self.grouped is None or (self.config.group_networks == "auto" and self.device.type != "cuda"):
+            return False
+        return self.device.type == "cuda" or windows <= _CPU_GROUPED * models
 
     def model_id(self, key: str) -> str:
         return key if self.config.scope == "per_key" else SHARED
@@ -122,7 +143,9 @@ class Detector:
         scoring_threads = torch.get_num_threads()
         torch.set_num_threads(self.training.threads)
         try:
-            slot.model, slot.last_report = fit(self.args, windows, self.training, seed, self.device)
+            slot.model, slot.last_report = fit(
+                self.args, windows, self.training, seed, self.device, max_steps=self.training.max_steps
+            )
         finally:
             torch.set_num_threads(scoring_threads)
         slot.version += 1
@@ -181,7 +204,12 @@ class Detector:
             begin, end = bounds
             for start in range(begin, end, size):
                 stop = min(start + size, end)
-                s, f = window_errors(model, data[start:stop].to(self.device))
+                chunk = data[start:stop].to(self.device)
+                if self.grouped is not None and isinstance(model, Ensemble) and self._stacks(stop - start, 1):
+                    f = self.grouped.errors([model], [chunk])[0]  # the members in one pass
+                    s = f.mean(dim=1)
+                else:
+                    s, f = window_errors(model, chunk)
                 scores[start:stop], per_feature[start:stop] = s.cpu().numpy(), f.cpu().numpy()
 
         parts = min(self.workers, n // _MIN_PART)
@@ -191,6 +219,33 @@ class Detector:
             cuts = [n * i // parts for i in range(parts + 1)]
             list(self._scoring_pool().map(part, itertools.pairwise(cuts)))
         return scores, per_feature
+
+    def score_many(
+        self, requests: list[tuple[str, np.ndarray, np.ndarray]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`score` of several models' live windows ``(model_id, windows, keys)``; with
+        ``model.group_networks`` all of them in one batched pass."""
+        size = self.config.score_batch_size
+        total = sum(len(w) for _, w, _ in requests)
+        stack = (
+            len(requests) > 1
+            and self._stacks(total, len(requests))
+            and all(len(w) <= size for _, w, _ in requests)
+        )
+        if self.grouped is None or not stack:
+            return [self.score(model_id, windows, keys) for model_id, windows, keys in requests]
+        models = []
+        for model_id, _, _ in requests:
+            model = self.slots[model_id].model
+            if model is None:
+                raise RuntimeError(f"model {model_id!r} has not been trained")
+            models.append(model)
+        data = [
+            torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(self.device)
+            for _, w, _ in requests
+        ]
+        errors = self.grouped.errors(models, data)
+        return [(f.mean(dim=1).cpu().numpy(), f.cpu().numpy()) for f in errors]
 
     def _scoring_pool(self) -> ThreadPoolExecutor:
         if self._scorers is None:
@@ -264,8 +319,21 @@ class Detector:
                 initializer=torch.set_num_threads,
                 initargs=(self.training.threads,),
             )
+        cfg = self.retraining
+        # A copy taken now, in stream order: the worker never reads weights that are scoring.
+        start = copy.deepcopy(slot.model) if cfg.warm_start else None
+        budget = cfg.max_steps if cfg.max_steps is not None else self.training.max_steps
         future = self._executor.submit(
-            challenge, self.args, windows, self.training, seed, self.device, slot.model, self._cancel
+            challenge,
+            self.args,
+            windows,
+            self.training,
+            seed,
+            self.device,
+            slot.model,
+            self._cancel,
+            start,
+            budget,
         )
         slot.job = RetrainJob(future, swap_at, reason, windows, seed)
 
@@ -277,7 +345,11 @@ class Detector:
     def _reset_drift(self, slot: ModelSlot) -> None:
         slot.drifted = False
         on = self.retraining.enabled and self.retraining.on_drift  # no monitor: nothing to trigger
-        slot.drift = DriftMonitor(self.retraining.drift_delta) if on else None
+        slot.drift = DriftMonitor(self.retraining.drift_delta, block=self._drift_block()) if on else None
+
+    def _drift_block(self) -> int:
+        block = self.retraining.drift_block
+        return self.args.window_length if block is None else block
 
     def swap(self, model_id: str) -> RetrainOutcome:
         """Wait for the due candidate, judge it against the live model, promote it or not."""
@@ -302,6 +374,8 @@ class Detector:
             loss,
             candidate.champion_loss,
             candidate.scale,
+            candidate.report.steps,
+            candidate.report.seconds,
         )
 
     # -- snapshots ------------------------------------------------------------------------
@@ -354,7 +428,8 @@ class Detector:
             slot.since_training = int(saved["since_training"])
             slot.trained_at = now - float(saved["age_s"])
             if saved["drift"] is not None and self.retraining.on_drift:
-                slot.drift = DriftMonitor(self.retraining.drift_delta, np.asarray(saved["drift"]))
+                history = np.asarray(saved["drift"])
+                slot.drift = DriftMonitor(self.retraining.drift_delta, history, block=self._drift_block())
             slot.drifted = bool(saved["drifted"])
             if slot.carried is not None and saved.get("carried") is not None:
                 slot.carried.set_state(saved["carried"])

@@ -354,16 +354,25 @@ class Pipeline:
             by_model.setdefault(windows.states[row].model_id, []).append(i)
         errors = np.empty((len(rows), self.features.n_features))
         scores = np.empty(len(rows))
-        for model_id, items in by_model.items():
-            scores[items], errors[items] = self._forward(model_id, [rows[i] for i in items], windows)
+        requests = [
+            self._request(model_id, [rows[i] for i in items], windows) for model_id, items in by_model.items()
+        ]
+        for items, (s, e) in zip(by_model.values(), self.detector.score_many(requests), strict=True):
+            scores[items], errors[items] = s, e
         return by_model, scores.tolist(), errors
 
     def _forward(self, model_id: str, rows: list[int], windows: _Windows) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and per-feature errors of windows ``rows`` (increasing) of a batch, its
-        keys' live windows; all of them in order is the stack itself, not a copy."""
+        """Scores and per-feature errors of windows ``rows`` (increasing): its keys' live windows."""
+        return self.detector.score(*self._request(model_id, rows, windows))
+
+    def _request(
+        self, model_id: str, rows: list[int], windows: _Windows
+    ) -> tuple[str, np.ndarray, np.ndarray]:
+        """What scoring windows ``rows`` under ``model_id`` takes: all of them in order is the
+        stack itself, not a copy; the keys' rows say they are live windows."""
         stack = windows.stack if len(rows) == len(windows.stack) else windows.stack[rows]
         keys = np.fromiter((windows.states[r].index for r in rows), dtype=np.int64, count=len(rows))
-        return self.detector.score(model_id, stack, keys)
+        return model_id, stack, keys
 
     def _swap(self, model_id: str) -> RetrainOutcome:
         """Swap in a due candidate and move its keys' thresholds to its score scale.
@@ -450,10 +459,14 @@ class Pipeline:
         )
 
 
-# Keys added to a section after snapshots and checkpoints of it existed, with the value that
-# means "as before": left out of the hash at that value, so an upgrade keeps the saved state.
+# Keys added to a section after snapshots and checkpoints of it existed, left out of the hash
+# at their default, so an upgrade keeps the saved state: ``members`` at 1 and the grade's keys
+# mean "as before"; the training budgets, warm starts and drift blocks change how later
+# trainings run, not what the saved state means.
 _ADDED_KEYS: dict[str, dict[str, Any]] = {
-    "model": {"members": 1},
+    "model": {"members": 1, "group_networks": "auto"},
+    "training": {"max_steps": 100, "patience": 3},
+    "retraining": {"warm_start": True, "max_steps": 100, "drift_block": None},
     "threshold": {"grade": 0.9999, "grade_window": 1000},
 }
 

@@ -27,33 +27,55 @@ class RetrainJob:
 class DriftMonitor:
     """river's ADWIN over a model's score stream, rebuilt on demand from its own history.
 
+    ADWIN assumes independent values. Scores of overlapping windows are not: a window shares
+    all but one value with the next, so a stretch of high scores on a healthy stream looks
+    like a change of mean and ADWIN fires on normal variation. With ``block`` (a window's
+    length) ADWIN sees the mean of each ``block`` consecutive scores instead: means of
+    windows that do not overlap.
+
     ADWIN keeps no serialisable state, so the monitor keeps the scores it was fed since its
     last reset (at most ``limit``; past that it restarts on the newest half). Feeding the
     same history to a fresh ADWIN gives the same detector: that is how snapshots restore it.
     """
 
-    def __init__(self, delta: float, history: np.ndarray | None = None, limit: int = 8192):
+    def __init__(self, delta: float, history: np.ndarray | None = None, limit: int = 8192, block: int = 1):
         self.delta = delta
         self.limit = limit
+        self.block = block
         self.history = array("d")
-        self._adwin = ADWIN(delta=delta)
+        self._adwin = self._new_adwin()
+        self._sum, self._count = 0.0, 0
         if history is not None:
             self._refeed(history.tolist())
 
+    def _new_adwin(self) -> ADWIN:
+        # ADWIN tests for a change every ``clock`` values: as often, counted in scores, as unblocked.
+        return ADWIN(delta=self.delta, clock=max(1, 32 // self.block))
+
     def _refeed(self, scores: list[float]) -> bool:
         self.history = array("d", scores)
-        self._adwin = ADWIN(delta=self.delta)
+        self._adwin = self._new_adwin()
+        self._sum, self._count = 0.0, 0
+        drifted = False
         for score in scores:
-            self._adwin.update(score)
+            drifted = self._add(score)
+        return drifted
+
+    def _add(self, score: float) -> bool:
+        self._sum += score
+        self._count += 1
+        if self._count < self.block:
+            return False
+        self._adwin.update(self._sum / self.block)
+        self._sum, self._count = 0.0, 0
         return bool(self._adwin.drift_detected)
 
     def update(self, score: float) -> bool:
-        """Feed one score; True when ADWIN detects a change at it."""
+        """Feed one score; True when ADWIN detects a change at it (at the end of a block)."""
         self.history.append(score)
         if len(self.history) > self.limit:
             return self._refeed(self.history[-(self.limit // 2) :].tolist())
-        self._adwin.update(score)
-        return bool(self._adwin.drift_detected)
+        return self._add(score)
 
 
 @dataclass(frozen=True)
@@ -68,3 +90,5 @@ class RetrainOutcome:
     validation_loss: float
     champion_loss: float
     scale: float
+    steps: int = 0  # the candidate's optimizer steps
+    seconds: float = 0.0  # and its training's CPU seconds

@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # script -> a line of its first table's header
 SCRIPTS = {
     "replay_throughput.py": "| keys | method",
+    "replay_e2e.py": "| config | keys | threads",
+    "batched_networks.py": "| case | windows per pass",
     "model_ceiling.py": "| batch | 1 thread | 2 threads",
     "memory.py": "| keys | scoring | events",
     "kafka_throughput.py": "| threads | events |",

@@ -18,7 +18,12 @@ from .helpers import batches, sine_events, small_config
 
 
 class WindowSumDetector(Detector):
-    """Scores a window by its mean square (per feature: the errors); trains as usual."""
+    """Scores a window by its mean square (per feature: the errors); trains as usual.
+    Every model through :meth:`score`: no stacked passes (``model.group_networks``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.grouped = None
 
     def score(
         self, model_id: str, windows: np.ndarray, keys: np.ndarray | None = None
