@@ -289,7 +289,9 @@ class Detector:
         self._reset_drift(slot)  # the live model's scores start afresh (or the old ones resume)
         loss = candidate.report.validation_loss
         limit = candidate.champion_loss * (1.0 + self.retraining.tolerance)
-        promoted = not (math.isfinite(loss) and math.isfinite(limit)) or loss <= limit
+        # NaN compares false: a candidate that cannot be judged (non-finite loss or limit,
+        # or no held-back windows) stays out; its NaN scores would silence every alert.
+        promoted = math.isfinite(loss) and math.isfinite(limit) and loss <= limit
         if promoted:
             slot.model, slot.last_report = candidate.model, candidate.report
             slot.version += 1

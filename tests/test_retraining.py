@@ -123,7 +123,18 @@ def job_with(validation_loss: float, champion_loss: float, model) -> RetrainJob:
 
 
 @pytest.mark.parametrize(
-    ("validation", "champion", "promoted"), [(1.0, 1.0, True), (1.05, 1.0, True), (2.0, 1.0, False)]
+    ("validation", "champion", "promoted"),
+    [
+        (1.0, 1.0, True),
+        (1.05, 1.0, True),
+        (2.0, 1.0, False),
+        # a candidate that cannot be judged is never promoted: its NaN scores silence alerts
+        (float("nan"), 1.0, False),
+        (float("inf"), 1.0, False),
+        (1.0, float("nan"), False),
+        (1.0, float("inf"), False),
+        (float("nan"), float("nan"), False),
+    ],
 )
 def test_promotion_gate(validation, champion, promoted):
     pipeline = Pipeline(small_config(retraining={"tolerance": 0.1}))
