@@ -53,6 +53,18 @@ class ModelSlot:
     job: RetrainJob | None = None
     carried: CarriedStates | None = None  # ``model.carry_state``: each key's forecaster state
     measuring: ScaleMeasurement | None = None  # ``model.normalise_errors``: until the scale is set
+    cancel: threading.Event | None = None  # set to stop the retraining in flight (``job``)
+
+
+class _JobCancel(threading.Event):
+    """One retraining's stop flag, also set when the whole detector closes."""
+
+    def __init__(self, closing: threading.Event):
+        super().__init__()
+        self.closing = closing
+
+    def is_set(self) -> bool:
+        return super().is_set() or self.closing.is_set()
 
 
 class Detector:
@@ -264,10 +276,27 @@ class Detector:
                 initializer=torch.set_num_threads,
                 initargs=(self.training.threads,),
             )
+        slot.cancel = _JobCancel(self._cancel)
         future = self._executor.submit(
-            challenge, self.args, windows, self.training, seed, self.device, slot.model, self._cancel
+            challenge, self.args, windows, self.training, seed, self.device, slot.model, slot.cancel
         )
         slot.job = RetrainJob(future, swap_at, reason, windows, seed)
+
+    def discard(self, model_id: str) -> bool:
+        """Drop the retraining in flight for ``model_id`` (True if there was one) and start
+        the model's schedule over: a rollback makes the live model another one, and a
+        candidate judged against the old one must not replace it."""
+        slot = self.slots.get(model_id)
+        if slot is None:
+            return False
+        job, slot.job = slot.job, None
+        if job is not None:
+            job.future.cancel()  # not started yet: never runs
+            if slot.cancel is not None:
+                slot.cancel.set()  # running: stops at its next batch
+        slot.cancel = None
+        self._reset_schedule(slot)
+        return job is not None
 
     def _reset_schedule(self, slot: ModelSlot) -> None:
         slot.since_training = 0
@@ -285,7 +314,7 @@ class Detector:
         job = slot.job
         assert job is not None
         candidate = job.future.result()
-        slot.job = None
+        slot.job = slot.cancel = None
         self._reset_drift(slot)  # the live model's scores start afresh (or the old ones resume)
         loss = candidate.report.validation_loss
         limit = candidate.champion_loss * (1.0 + self.retraining.tolerance)

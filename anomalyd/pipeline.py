@@ -374,8 +374,10 @@ class Pipeline:
         """Make ``model`` live for ``model_id`` as a new version (a rollback); returns the version.
 
         Thresholds move to its score scale as on a promotion, the scale measured on the
-        model's buffer of recent normal windows.
+        model's buffer of recent normal windows. A retraining in flight is discarded: its
+        candidate was judged against the model being replaced.
         """
+        self.detector.discard(model_id)
         slot = self.detector.slots[model_id]
         windows = np.stack([w for _, w in slot.buffer]) if slot.buffer else None
         before = self.detector.score(model_id, windows)[0].mean() if windows is not None else 1.0
