@@ -17,6 +17,7 @@ is that list, read as a mapping from key to state.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,10 @@ class KeyState:
     warmup: int
     threshold: Threshold
     sequence: int = 0
+    # The key's newest record time and the sequence its run of records with that time began
+    # at: an alert's ``occurrence`` in :func:`anomalyd.events.alert_id`.
+    last_time: float = math.nan
+    run_start: int = 0
     quarantine: int = 0  # windows of this key before this sequence overlap a flagged point
     # The alert gate's counters (anomalyd.alerting.step); its settings are the pipeline's.
     run: int = 0
@@ -46,6 +51,7 @@ class KeyState:
             "sequence": self.sequence,
             "quarantine": self.quarantine,
             "gate": [self.run, self.quiet],
+            "run_start": [self.last_time, self.run_start],
             "threshold": self.threshold.get_state(),
         }
 
@@ -55,6 +61,8 @@ class KeyState:
         self.warmup, self.sequence = int(saved["warmup"]), int(saved["sequence"])
         self.quarantine = int(saved["quarantine"])
         self.run, self.quiet = (int(v) for v in saved["gate"])
+        if "run_start" in saved:  # absent from snapshots older than record-based alert ids
+            self.last_time, self.run_start = float(saved["run_start"][0]), int(saved["run_start"][1])
         self.threshold.set_state(saved["threshold"])
 
 

@@ -78,6 +78,7 @@ class _Windows:
     stack: np.ndarray  # (R, T, F) float32
     positions: list[int]  # the record's place in the batch's events
     sequences: list[int]  # the record's sequence in its key's stream
+    occurrences: list[int]  # its place in its key's run of records with the same time
     states: list[KeyState]
 
 
@@ -173,17 +174,27 @@ class Pipeline:
 
     def _windows(self, events: list[Event], indices: list[int], values: np.ndarray) -> _Windows:
         """Count every event in its key's stream and push them all; the windows due, stacked."""
-        sequences, states = [], []
+        sequences, occurrences, states = [], [], []
         self.states.reserve()
         known = self.states.rows
         for event, index in zip(events, indices, strict=True):
             state = known[index] or self._new_state(event.key, index)
-            sequences.append(state.sequence)
-            state.sequence += 1
+            sequence, moment = state.sequence, event.time
+            if moment != state.last_time and moment == moment:  # a new time (NaN: no timestamps)
+                state.last_time, state.run_start = moment, sequence
+            sequences.append(sequence)
+            occurrences.append(sequence - state.run_start)
+            state.sequence = sequence + 1
             states.append(state)
         ready, stack = self.windows.push_many(np.array(indices, dtype=np.int64), values)
         positions = np.flatnonzero(ready).tolist()
-        return _Windows(stack, positions, [sequences[p] for p in positions], [states[p] for p in positions])
+        return _Windows(
+            stack,
+            positions,
+            [sequences[p] for p in positions],
+            [occurrences[p] for p in positions],
+            [states[p] for p in positions],
+        )
 
     def _walk(self, windows: _Windows, events: list[Event], out: _Outputs) -> list[tuple[str, int]]:
         """Each window in stream order: decided after warm-up; during it kept to train on and,
@@ -296,7 +307,8 @@ class Pipeline:
                 state.run, state.quiet, anomalous, min_run, cooldown
             )
             if alert:
-                out.alerts.append(self._alert(events[position], state, sequence, score, limit, errors[i]))
+                place = (sequence, windows.occurrences[row])
+                out.alerts.append(self._alert(events[position], state, place, score, limit, errors[i]))
             # A flagged point stays inside the key's next windows: none of them is learned from.
             if anomalous:
                 state.quarantine = sequence + self.config.window.length
@@ -413,11 +425,18 @@ class Pipeline:
                 state.threshold = rebuilt
 
     def _alert(
-        self, event: Event, state: KeyState, sequence: int, score: float, limit: float, errors: np.ndarray
+        self,
+        event: Event,
+        state: KeyState,
+        place: tuple[int, int],  # the record's sequence and occurrence
+        score: float,
+        limit: float,
+        errors: np.ndarray,
     ) -> Alert:
         version = self.detector.slot(state.model_id).version
+        sequence, occurrence = place
         return Alert(
-            alert_id=alert_id(event.key, sequence, version),
+            alert_id=alert_id(event.key, event.time, event.values, occurrence),
             key=event.key,
             timestamp=event.timestamp,
             score=score,
