@@ -55,6 +55,7 @@ class Metrics:
             "anomalyd_retrains", "Retrainings judged, by outcome", ["outcome"], registry=r
         )
         self.keys = Gauge("anomalyd_keys", "Keys with state in this process", registry=r)
+        self.evicted = Counter("anomalyd_keys_evicted", "Keys evicted (eviction.*)", registry=r)
         self.ready = Gauge("anomalyd_ready", "1 when assigned, consuming and publishing", registry=r)
         self._last_training: float | None = None
         self._max_version = 0
@@ -69,6 +70,7 @@ class Metrics:
         self.decisions.inc(int(np.isfinite(result.thresholds).sum()))
         self.flagged.inc(int(result.anomalous.sum()))
         self.dead_letters.inc(len(result.dead_letters))
+        self.evicted.inc(result.evicted)
         if result.events or result.dead_letters:
             self.batch_seconds.observe(result.seconds)
         for outcome in result.retrained:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from anomalyd import alerting
-from anomalyd.config import Config
+from anomalyd.config import Config, EvictionConfig
 from anomalyd.detector import make_detector
 from anomalyd.events import Alert, DeadLetter, Event, alert_id
 from anomalyd.features import FeatureTransform
@@ -42,6 +43,7 @@ from anomalyd.thresholds import make_threshold
 from anomalyd.windows import WindowStore
 
 TOP_FEATURES = 3
+_NO_EVICTION = EvictionConfig()
 _STATE_SECTIONS = (
     "input", "window", "detector", "model", "hst", "training", "retraining", "threshold", "alerts",
 )  # fmt: skip
@@ -60,6 +62,7 @@ class BatchResult:
     trained: list[tuple[str, int]] = field(default_factory=list)
     seconds: float = 0.0  # time spent in process()
     retrained: list[RetrainOutcome] = field(default_factory=list)
+    evicted: int = 0  # keys evicted after this batch (``eviction``)
 
 
 @dataclass(slots=True)
@@ -101,6 +104,8 @@ class Pipeline:
         # What a snapshot of the per-key state depends on: all that decides the stream's alerts.
         self.state_hash = _hash(config, _STATE_SECTIONS)
         self.states = KeyStates(self.windows)
+        # ``eviction``: events seen and the newest record time, the clocks keys age by
+        self.seen, self.newest = 0, math.nan
 
     def warmup_for(self, key: str) -> int:
         """Events a key learns from before it may alert (NAB: 15% of the file, at most 750)."""
@@ -136,9 +141,29 @@ class Pipeline:
             self.windows.reset(state.index)
             self.features.forget(state.index)
             if self.config.model.scope == "per_key":
+                self.detector.discard(state.model_id)  # a retraining in flight is of no use now
                 self.detector.slots.pop(state.model_id, None)
             else:
                 self.detector.forget_keys(state.model_id, [state.index])
+
+    def _evict(self) -> int:
+        """Evict keys per ``eviction`` (idle past the TTL, then the least recently seen past
+        ``max_keys``): their state, rows and per-key models go; one seen again starts over."""
+        cfg = self.config.eviction
+        if cfg.max_keys is None and cfg.idle_ttl_s is None:
+            return 0
+        rows = self.states.evictable(cfg.max_keys, self.newest, cfg.idle_ttl_s).tolist()
+        if not rows:
+            return 0
+        names = self.windows.names
+        self.forget({names[row] for row in rows})
+        self.windows.evict(rows)
+        if self.config.model.scope == "shared" and self.detector.is_trained(""):
+            # the shared model's recent windows of these keys would count for the rows' next keys
+            gone, slot = set(rows), self.detector.slots[""]
+            kept = [item for item in slot.buffer if item[0] not in gone]
+            slot.buffer = deque(kept, maxlen=slot.buffer.maxlen)
+        return len(rows)
 
     def process(self, batch: Batch) -> BatchResult:
         """Features, windows and forward passes for the whole batch at once (arrays); then
@@ -150,9 +175,19 @@ class Pipeline:
         n = len(events)
         out = _Outputs(np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool), [], [])
         trained = self._walk(windows, events, out)
+        evicted = self._evict()
         seconds = time.perf_counter() - started
         return BatchResult(
-            events, out.scores, out.thresholds, out.flags, out.alerts, dead, trained, seconds, out.retrained
+            events,
+            out.scores,
+            out.thresholds,
+            out.flags,
+            out.alerts,
+            dead,
+            trained,
+            seconds,
+            out.retrained,
+            evicted,
         )
 
     def _features(
@@ -186,7 +221,14 @@ class Pipeline:
             occurrences.append(sequence - state.run_start)
             state.sequence = sequence + 1
             states.append(state)
-        ready, stack = self.windows.push_many(np.array(indices, dtype=np.int64), values)
+        rows = np.array(indices, dtype=np.int64)
+        if self.config.eviction != _NO_EVICTION and events:
+            times = np.fromiter((e.time for e in events), dtype=np.float64, count=len(events))
+            self.states.touch(rows, np.arange(self.seen, self.seen + len(events)), times)
+            self.seen += len(events)
+            if np.isfinite(times).any():
+                self.newest = float(np.fmax(self.newest, np.nanmax(times)))
+        ready, stack = self.windows.push_many(rows, values)
         positions = np.flatnonzero(ready).tolist()
         return _Windows(
             stack,
@@ -237,6 +279,11 @@ class Pipeline:
             "windows": self.windows.get_state(),
             "features": self.features.get_state(),
             "models": self.detector.get_state(),
+            "eviction": {
+                "seen": self.states.seen[: len(names)].copy(),
+                "time": self.states.time[: len(names)].copy(),
+                "clock": [self.seen, self.newest],
+            },
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -247,6 +294,11 @@ class Pipeline:
         for key, saved in state["keys"].items():
             self._new_state(key, int(saved["index"])).set_state(saved)
         self.detector.set_state(state["models"])
+        ages = state.get("eviction")  # absent from snapshots made before eviction existed
+        if ages is not None:
+            n = len(ages["seen"])
+            self.states.seen[:n], self.states.time[:n] = ages["seen"], ages["time"]
+            self.seen, self.newest = int(ages["clock"][0]), float(ages["clock"][1])
 
     def close(self) -> None:
         """Stop the retraining worker (a training in progress is abandoned)."""

@@ -22,6 +22,7 @@ SCRIPTS = {
     "memory.py": "| keys | scoring | events",
     "kafka_throughput.py": "| threads | events |",
     "retraining.py": "| windows | threads | epochs",
+    "key_flood.py": "| eviction | keys seen | keys kept",
 }
 
 
