@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from anomalyd import alerting
+from anomalyd.columns import from_columns, to_columns
 from anomalyd.config import Config, EvictionConfig
 from anomalyd.detector import make_detector
 from anomalyd.events import Alert, DeadLetter, Event, alert_id
@@ -273,9 +274,13 @@ class Pipeline:
     def get_state(self) -> dict[str, Any]:
         """All per-key and per-model state, as numbers, arrays and tensors (see :mod:`anomalyd.snapshot`)."""
         names = self.windows.names
-        keys = {names[st.index]: st.get_state() for st in self.states.rows if st is not None}
+        live = [st for st in self.states.rows if st is not None]
         return {
-            "keys": keys,
+            # one column per field across keys, not a dict per key (:mod:`anomalyd.columns`)
+            "key_columns": {
+                "names": [names[st.index] for st in live],
+                "columns": to_columns([st.get_state() for st in live]),
+            },
             "windows": self.windows.get_state(),
             "features": self.features.get_state(),
             "models": self.detector.get_state(),
@@ -291,7 +296,12 @@ class Pipeline:
         self.windows.set_state(state["windows"])
         self.features.set_state(state["features"])
         self.states.clear()
-        for key, saved in state["keys"].items():
+        if "key_columns" in state:
+            names = state["key_columns"]["names"]
+            saved_keys = zip(names, from_columns(state["key_columns"]["columns"], len(names)), strict=True)
+        else:  # a snapshot made before key columns: a dict per key
+            saved_keys = state["keys"].items()
+        for key, saved in saved_keys:
             self._new_state(key, int(saved["index"])).set_state(saved)
         self.detector.set_state(state["models"])
         ages = state.get("eviction")  # absent from snapshots made before eviction existed

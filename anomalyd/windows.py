@@ -253,15 +253,16 @@ class WindowStore:
         return int(self._count[idx])
 
     def get_state(self) -> dict[str, object]:
-        """Keys in index order and their rows of every array (copies), for snapshots."""
+        """Keys in index order and their rows of every array, for snapshots: views of the
+        store's arrays (no copy of the rings), to save or copy before the store moves on."""
         n = len(self.names)
         return {
             "names": list(self.names),
             "free": np.array(self.free, dtype=np.int64),
-            "ring": self._ring[:n].copy(),
-            "count": self._count[:n].copy(),
-            "mean": self._mean[:n].copy(),
-            "m2": self._m2[:n].copy(),
+            "ring": self._ring[:n],
+            "count": self._count[:n],
+            "mean": self._mean[:n],
+            "m2": self._m2[:n],
         }
 
     def set_state(self, state: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ SCRIPTS = {
     "kafka_throughput.py": "| threads | events |",
     "retraining.py": "| windows | threads | epochs",
     "key_flood.py": "| eviction | keys seen | keys kept",
+    "snapshot_memory.py": "| step | file MiB",
 }
 
 
