@@ -193,8 +193,9 @@ class Detector:
             begin, end = bounds
             for start in range(begin, end, size):
                 stop = min(start + size, end)
-                s, f = window_errors(model, data[start:stop].to(self.device))
-                scores[start:stop], per_feature[start:stop] = s.cpu().numpy(), f.cpu().numpy()
+                s, f = window_errors(model, _padded(data[start:stop], size).to(self.device))
+                n = stop - start
+                scores[start:stop], per_feature[start:stop] = s[:n].cpu().numpy(), f[:n].cpu().numpy()
 
         parts = min(self.workers, n // _MIN_PART)
         if parts <= 1:
@@ -405,6 +406,19 @@ class Detector:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+
+
+def _padded(windows: torch.Tensor, size: int) -> torch.Tensor:
+    """``windows`` (N, T, F) with zero windows after them up to the next power of two (at
+    most ``size``): a forward pass then sees a few batch shapes only. oneDNN, which runs the
+    recurrent layers on CPU, keeps kernels and buffers per input shape; a Kafka poll's
+    batches of ever other sizes made resident memory grow with every new one."""
+    n = len(windows)
+    bucket = min(size, 1 << max(0, n - 1).bit_length())
+    if bucket <= n:
+        return windows
+    padding = windows.new_zeros((bucket - n, *windows.shape[1:]))
+    return torch.cat((windows, padding))
 
 
 def make_detector(config: Config, n_features: int) -> Detector:

@@ -1,6 +1,6 @@
 """SIGKILL probe: kill `anomalyd replay --state-dir` at random moments, resume, compare alert ids.
 
-    .venv/bin/python bench/kill_probe.py [--kills 30] [--seed 7] [--smoke]
+    .venv/bin/python bench/kill_probe.py [--kills 30] [--seed 7] [--source replay|kafka] [--smoke]
 
 One uninterrupted replay (in process) gives the expected alert ids. Then the same replay
 runs as a child process with ``--state-dir`` and the shipped ``snapshot_interval_s: 30``
@@ -18,6 +18,11 @@ read). Finally one life runs to the end. The alert file of all lives together mu
 expected id (none missing) and no other (none foreign). Prints one row per life and a
 summary; exits 1 on a missing or foreign id. ``tests/faults/test_kill.py`` runs it with
 10 kills.
+
+``--source kafka`` runs ``anomalyd run`` instead, on a Tansu broker it starts: the rows on a
+topic, alerts to a Kafka topic, ``commit_interval_s: 0.5``; ``pre-snapshot`` then means after
+``consumer_started``. Its last life runs until every offset is committed; the ids read back
+from the alert topic are compared with the replay's.
 """
 
 from __future__ import annotations
@@ -97,6 +102,7 @@ class Probe:
         self.rng = random.Random(seed)
         self.alerts, self.state = folder / "alerts.jsonl", folder / "state"
         self.collected: list[str] = []  # ids of alert files of earlier, finished rounds
+        self.markers = {"pre-snapshot": b"replay_started", "running": b"snapshot_saved"}
         self.lives: list[Life] = []
 
     def expected(self) -> list[str]:
@@ -124,8 +130,7 @@ class Probe:
         try:
             if phase is not None:
                 delay = self.rng.uniform(0.0, 1.0 if phase == "start-up" else 0.6)
-                wait_for = {"start-up": None, "pre-snapshot": b"replay_started", "running": b"snapshot_saved"}
-                marker = wait_for[phase]
+                marker = None if phase == "start-up" else self.markers[phase]
                 deadline = started + 120
                 while marker is not None and marker not in log.read_bytes() and proc.poll() is None:
                     if time.monotonic() > deadline:
@@ -180,6 +185,84 @@ class Probe:
             )
 
 
+class KafkaProbe(Probe):
+    """The same against ``anomalyd run`` on a Tansu broker: the rows on a 1-partition topic,
+    alerts to a Kafka topic; the last life runs until every offset is committed."""
+
+    def __init__(self, folder: Path, rows: int, seed: int, bootstrap: str):
+        super().__init__(folder, rows, seed)
+        from tests.daemon import service_config
+        from tests.kafka_helpers import create_topic, produce_confluent
+
+        self.bootstrap, self.rows = bootstrap, rows
+        unique = f"{seed}-{int(time.time() * 1000)}"
+        self.topic, self.alert_topic, self.group = f"in-{unique}", f"alerts-{unique}", f"g-{unique}"
+        create_topic(bootstrap, self.topic, 1)
+        create_topic(bootstrap, self.alert_topic, 1)
+        lines = self.data.read_text().splitlines()[1:]
+        records = [
+            (b"series", json.dumps({"timestamp": int(t), "value": float(v)}).encode())
+            for t, v in (line.split(",") for line in lines)
+        ]
+        produce_confluent(bootstrap, self.topic, records)
+        config = service_config(
+            bootstrap, self.topic, self.group, **{k: v for k, v in CONFIG.items() if k != "service"}
+        )
+        config["output"] = {"alerts": [{"type": "kafka", "topic": self.alert_topic}]}
+        config["source"]["kafka"]["max_poll_records"] = 50
+        config["service"].update(state_dir=str(self.state), snapshot_interval_s=30, commit_interval_s=0.5)
+        self.config.write_text(yaml.safe_dump(config))
+        self.markers = {"pre-snapshot": b"consumer_started", "running": b"snapshot_saved"}
+
+    def spawn(self, log: Path) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "anomalyd.cli", "run", "-c", str(self.config)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        with log.open("wb") as err:
+            return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env=env)
+
+    def finish(self, number: int) -> Life:
+        from tests.test_service_kafka import committed_total
+
+        log = self.folder / f"life{number:03d}.log"
+        started = time.monotonic()
+        proc = self.spawn(log)
+        try:
+            deadline = started + 300
+            while committed_total(self.bootstrap, self.group) < self.rows:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"last life: offsets not committed: {log.read_text()[-2000:]}")
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            if proc.wait(timeout=60) != 0:
+                raise RuntimeError(f"last life exited {proc.returncode}: {log.read_text()[-2000:]}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        text = log.read_bytes()
+        return Life(
+            "to the end",
+            0.0,
+            False,
+            text.count(b'"snapshot_saved"'),
+            b"snapshot_restored" in text,
+            time.monotonic() - started,
+        )
+
+    def run(self, kills: int) -> tuple[list[str], list[str]]:
+        from tests.kafka_helpers import consume_all_confluent
+
+        expected = self.expected()
+        for done in range(kills):
+            self.lives.append(self.life(len(self.lives), PHASES[done % len(PHASES)]))
+        self.lives.append(self.finish(len(self.lives)))
+        got = [
+            json.loads(m.value)["alert_id"]
+            for m in consume_all_confluent(self.bootstrap, self.alert_topic, idle_s=1.0)
+        ]
+        return expected, got
+
+
 def table(lives: list[Life]) -> str:
     lines = ["| life | phase | kill after (s) | killed | snapshots saved | resumed | seconds |"]
     lines.append("| --- | --- | --- | --- | --- | --- | --- |")
@@ -191,9 +274,12 @@ def table(lives: list[Life]) -> str:
     return "\n".join(lines)
 
 
-def probe(folder: Path, kills: int, rows: int, seed: int) -> tuple[list[str], list[str], list[Life]]:
-    """Run the probe in ``folder``; the expected ids, the ids the killed lives wrote, the lives."""
-    runner = Probe(folder, rows, seed)
+def probe(
+    folder: Path, kills: int, rows: int, seed: int, bootstrap: str | None = None
+) -> tuple[list[str], list[str], list[Life]]:
+    """Run the probe in ``folder`` (on Kafka with ``bootstrap``); the expected ids, the ids
+    the killed lives wrote, the lives."""
+    runner = Probe(folder, rows, seed) if bootstrap is None else KafkaProbe(folder, rows, seed, bootstrap)
     expected, got = runner.run(kills)
     return expected, got, runner.lives
 
@@ -203,11 +289,21 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=30)
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--source", choices=["replay", "kafka"], default="replay")
     parser.add_argument("--smoke", action="store_true", help="3 kills on 2,000 rows")
     args = parser.parse_args()
     kills, rows = (3, 2000) if args.smoke else (args.kills, args.rows)
     with tempfile.TemporaryDirectory(prefix="anomalyd-kill-") as tmp:
-        expected, got, lives = probe(Path(tmp), kills, rows, args.seed)
+        if args.source == "kafka":
+            from tests.kafka_broker import TansuBroker, find_tansu_binary
+
+            binary = find_tansu_binary()
+            if binary is None:
+                raise SystemExit("the Tansu broker is not installed (dev extra)")
+            with TansuBroker(binary, Path(tmp) / "broker.log") as broker:
+                expected, got, lives = probe(Path(tmp), kills, rows, args.seed, broker.bootstrap)
+        else:
+            expected, got, lives = probe(Path(tmp), kills, rows, args.seed)
     print(table(lives))
     missing, foreign = set(expected) - set(got), set(got) - set(expected)
     killed = sum(life.killed for life in lives)
