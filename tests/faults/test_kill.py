@@ -36,6 +36,20 @@ def test_replay_killed_at_ten_random_moments_loses_no_alert_and_invents_none(tmp
     assert lives[-1].restored and not lives[-1].killed
 
 
+def test_kafka_daemon_killed_after_its_first_commits_loses_no_alert(kafka_broker, tmp_path):
+    """The shipped snapshot_interval_s of 30 s; kills in start-up, in the first seconds of
+    consuming (offsets committed already) and after a snapshot. Committing offsets without a
+    snapshot of them lost 8 of 38 alerts here and invented 45."""
+    probe = load_probe()
+    expected, got, lives = probe.probe(
+        tmp_path, kills=3, rows=8000, seed=11, bootstrap=kafka_broker.bootstrap
+    )
+    assert len(set(expected)) >= 3
+    assert sum(life.killed for life in lives) == 3
+    assert set(expected) <= set(got), probe.table(lives)
+    assert set(got) <= set(expected), probe.table(lives)
+
+
 def alert(n: int) -> Alert:
     return Alert(f"id{n}", "k", "t", 1.0, 0.5, {"value": 1.0}, [], 1, n, {})
 
