@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
@@ -121,7 +122,11 @@ class Runner:
 
     1. flush every alert sink, the dead-letter sink and every observer that keeps a file
        (the scores CSV) (durable, or it raises SinkError);
-    2. commit the source's positions of the last processed batch.
+    2. with a state directory, snapshot the state as of the last processed batch: at the
+       first commit step of a run, when ``snapshot_interval_s`` has passed, and at the end;
+    3. commit the source's positions of the last processed batch; with a state directory
+       only right after a snapshot of that batch, so offsets never pass state that a
+       restart could not rebuild.
 
     So a crash can re-send alerts (with the same ``alert_id``) but never lose one. With
     ``retry_sink_errors`` (the daemon) a failed flush is retried with backoff until it
@@ -163,7 +168,9 @@ class Runner:
         self.positions: dict[Any, Any] | None = None
         self.sinks_healthy = True
         self.stats = RunStats()
-        self._snapshot_at = time.monotonic()
+        # The first commit step of a run snapshots at once: a daemon that crash-loops
+        # faster than snapshot_interval_s still moves its snapshot and offsets on.
+        self._snapshot_at = -math.inf
         self._unsaved = False  # batches processed since the last snapshot
 
     def resume(self, found: Found | None) -> None:
@@ -262,10 +269,20 @@ class Runner:
         if self.state_dir is not None:
             self.apply_rollbacks()
         # Alerts up to here are durable: the state that made them may be saved, then the
-        # offsets committed. A restart resumes from the snapshot's own positions.
-        due = final or time.monotonic() - self._snapshot_at >= self.snapshot_interval_s
-        if self.snapshots is not None and self._unsaved and due:
-            self.snapshot()
+        # offsets committed, no further than that state. A restart resumes from the
+        # snapshot's own positions; offsets past it would skip records whose alerts a
+        # fresh state could not raise again.
+        if self.snapshots is not None:
+            due = final or time.monotonic() - self._snapshot_at >= self.snapshot_interval_s
+            if not (self._unsaved and due):
+                return  # the offsets committed last are those of the newest snapshot
+            try:
+                self.snapshot()
+            except OSError as exc:  # disk full, folder gone: keep going, commit nothing
+                if final:
+                    raise
+                log.error("snapshot_failed", error=str(exc), state_dir=str(self.state_dir))
+                return
         if self.positions is not None:
             self.source.commit(self.positions)
 

@@ -215,6 +215,13 @@ class AlertConfig(_Section):
     cooldown_events: int = Field(256, ge=0)
 
 
+class EvictionConfig(_Section):
+    """When a key's state (windows, threshold, per-key model) is dropped to bound memory."""
+
+    max_keys: int | None = Field(None, ge=1)  # past this, the least recently seen keys go
+    idle_ttl_s: float | None = Field(None, gt=0.0)  # in event time: the newest timestamp seen
+
+
 class SinkConfig(_Section):
     """Where alerts or dead letters go: ``stdout``, a JSON-lines ``file``, or a ``kafka`` topic."""
 
@@ -355,6 +362,7 @@ class Config(_Section):
     threshold: ThresholdConfig = ThresholdConfig()
     retraining: RetrainingConfig = RetrainingConfig()
     alerts: AlertConfig = AlertConfig()
+    eviction: EvictionConfig = EvictionConfig()
     output: OutputConfig = OutputConfig()
     source: SourceConfig = SourceConfig()
     kafka: KafkaConfig = KafkaConfig()

@@ -56,6 +56,18 @@ class ModelSlot:
     job: RetrainJob | None = None
     carried: CarriedStates | None = None  # ``model.carry_state``: each key's forecaster state
     measuring: ScaleMeasurement | None = None  # ``model.normalise_errors``: until the scale is set
+    cancel: threading.Event | None = None  # set to stop the retraining in flight (``job``)
+
+
+class _JobCancel(threading.Event):
+    """One retraining's stop flag, also set when the whole detector closes."""
+
+    def __init__(self, closing: threading.Event):
+        super().__init__()
+        self.closing = closing
+
+    def is_set(self) -> bool:
+        return super().is_set() or self.closing.is_set()
 
 
 class Detector:
@@ -204,13 +216,14 @@ class Detector:
             begin, end = bounds
             for start in range(begin, end, size):
                 stop = min(start + size, end)
-                chunk = data[start:stop].to(self.device)
-                if self.grouped is not None and isinstance(model, Ensemble) and self._stacks(stop - start, 1):
-                    f = self.grouped.errors([model], [chunk])[0]  # the members in one pass
+                chunk = data[start:stop]
+                n = stop - start
+                if self.grouped is not None and isinstance(model, Ensemble) and self._stacks(n, 1):
+                    f = self.grouped.errors([model], [chunk.to(self.device)])[0]  # the members in one pass
                     s = f.mean(dim=1)
                 else:
-                    s, f = window_errors(model, chunk)
-                scores[start:stop], per_feature[start:stop] = s.cpu().numpy(), f.cpu().numpy()
+                    s, f = window_errors(model, _padded(chunk, size).to(self.device))
+                scores[start:stop], per_feature[start:stop] = s[:n].cpu().numpy(), f[:n].cpu().numpy()
 
         parts = min(self.workers, n // _MIN_PART)
         if parts <= 1:
@@ -323,6 +336,7 @@ class Detector:
         # A copy taken now, in stream order: the worker never reads weights that are scoring.
         start = copy.deepcopy(slot.model) if cfg.warm_start else None
         budget = cfg.max_steps if cfg.max_steps is not None else self.training.max_steps
+        slot.cancel = _JobCancel(self._cancel)
         future = self._executor.submit(
             challenge,
             self.args,
@@ -331,11 +345,27 @@ class Detector:
             seed,
             self.device,
             slot.model,
-            self._cancel,
+            slot.cancel,
             start,
             budget,
         )
         slot.job = RetrainJob(future, swap_at, reason, windows, seed)
+
+    def discard(self, model_id: str) -> bool:
+        """Drop the retraining in flight for ``model_id`` (True if there was one) and start
+        the model's schedule over: a rollback makes the live model another one, and a
+        candidate judged against the old one must not replace it."""
+        slot = self.slots.get(model_id)
+        if slot is None:
+            return False
+        job, slot.job = slot.job, None
+        if job is not None:
+            job.future.cancel()  # not started yet: never runs
+            if slot.cancel is not None:
+                slot.cancel.set()  # running: stops at its next batch
+        slot.cancel = None
+        self._reset_schedule(slot)
+        return job is not None
 
     def _reset_schedule(self, slot: ModelSlot) -> None:
         slot.since_training = 0
@@ -357,11 +387,13 @@ class Detector:
         job = slot.job
         assert job is not None
         candidate = job.future.result()
-        slot.job = None
+        slot.job = slot.cancel = None
         self._reset_drift(slot)  # the live model's scores start afresh (or the old ones resume)
         loss = candidate.report.validation_loss
         limit = candidate.champion_loss * (1.0 + self.retraining.tolerance)
-        promoted = not (math.isfinite(loss) and math.isfinite(limit)) or loss <= limit
+        # NaN compares false: a candidate that cannot be judged (non-finite loss or limit,
+        # or no held-back windows) stays out; its NaN scores would silence every alert.
+        promoted = math.isfinite(loss) and math.isfinite(limit) and loss <= limit
         if promoted:
             slot.model, slot.last_report = candidate.model, candidate.report
             slot.version += 1
@@ -449,6 +481,19 @@ class Detector:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+
+
+def _padded(windows: torch.Tensor, size: int) -> torch.Tensor:
+    """``windows`` (N, T, F) with zero windows after them up to the next power of two (at
+    most ``size``): a forward pass then sees a few batch shapes only. oneDNN, which runs the
+    recurrent layers on CPU, keeps kernels and buffers per input shape; a Kafka poll's
+    batches of ever other sizes made resident memory grow with every new one."""
+    n = len(windows)
+    bucket = min(size, 1 << max(0, n - 1).bit_length())
+    if bucket <= n:
+        return windows
+    padding = windows.new_zeros((bucket - n, *windows.shape[1:]))
+    return torch.cat((windows, padding))
 
 
 def make_detector(config: Config, n_features: int) -> Detector:

@@ -1,8 +1,11 @@
 """The types that cross module lines: Event in, Alert and DeadLetter out.
 
->>> alert_id("sensor-1", 812, 3) == alert_id("sensor-1", 812, 3)
+>>> values = np.array([84.266])
+>>> alert_id("sensor-1", 1.7e9, values, 0) == alert_id("sensor-1", 1.7e9, values.copy(), 0)
 True
->>> len(alert_id("sensor-1", 812, 3))
+>>> alert_id("sensor-1", 1.7e9, values, 0) != alert_id("sensor-1", 1.7e9, values, 1)
+True
+>>> len(alert_id("sensor-1", 1.7e9, values, 0))
 20
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,11 +88,16 @@ class Alert:
         }
 
 
-def alert_id(key: str, sequence: int, model_version: int) -> str:
-    """Deterministic id from the stream key, the event's position in that stream and the model.
+def alert_id(key: str, time: float, values: np.ndarray, occurrence: int) -> str:
+    """Deterministic id from the record itself: its key, its time (epoch seconds, NaN without
+    a timestamp), its raw values, and ``occurrence``, how many records of the key came
+    before it in its run of records with the same time (0 for almost every record; without
+    a timestamp the whole stream is one run, so it is the record's place in its key's stream).
 
-    ``sequence`` counts the key's events from 0 in stream order, so a file replayed and the
-    same records consumed from Kafka give the same ids, and a re-sent alert keeps its id.
+    Nothing here counts what one process has seen, so a replay and a consumer of the same
+    records, a restarted daemon (with or without its state) and a partition's next owner
+    give a record the same id, and a re-sent alert keeps it.
     """
-    digest = hashlib.blake2b(f"{key}\x1f{sequence}\x1f{model_version}".encode(), digest_size=10)
+    identity = struct.pack("<dq", time, occurrence) + np.ascontiguousarray(values, dtype="<f8").tobytes()
+    digest = hashlib.blake2b(key.encode() + b"\x1f" + identity, digest_size=10)
     return digest.hexdigest()

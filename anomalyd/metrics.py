@@ -94,6 +94,7 @@ class Metrics:
             "anomalyd_retrains", "Retrainings judged, by outcome", ["outcome"], registry=r
         )
         self.keys = Gauge("anomalyd_keys", "Keys with state in this process", registry=r)
+        self.evicted = Counter("anomalyd_keys_evicted", "Keys evicted (eviction.*)", registry=r)
         self.ready = Gauge("anomalyd_ready", "1 when assigned, consuming and publishing", registry=r)
         self._last_training: float | None = None
         self._lag_labels: set[tuple[str, str]] = set()
@@ -110,6 +111,7 @@ class Metrics:
         self.flagged.inc(int(result.anomalous.sum()))
         self.grades.observe(result.grades)
         self.dead_letters.inc(len(result.dead_letters))
+        self.evicted.inc(result.evicted)
         if result.events or result.dead_letters:
             self.batch_seconds.observe(result.seconds)
         for outcome in result.retrained:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from anomalyd import alerting
-from anomalyd.config import Config
+from anomalyd.columns import from_columns, to_columns
+from anomalyd.config import Config, EvictionConfig
 from anomalyd.detector import make_detector
 from anomalyd.events import Alert, DeadLetter, Event, alert_id
 from anomalyd.features import FeatureTransform
@@ -42,6 +44,7 @@ from anomalyd.thresholds import GradeThreshold, make_grader, make_threshold
 from anomalyd.windows import WindowStore
 
 TOP_FEATURES = 3
+_NO_EVICTION = EvictionConfig()
 _STATE_SECTIONS = (
     "input", "window", "detector", "model", "hst", "training", "retraining", "threshold", "alerts",
 )  # fmt: skip
@@ -61,6 +64,7 @@ class BatchResult:
     trained: list[tuple[str, int]] = field(default_factory=list)
     seconds: float = 0.0  # time spent in process()
     retrained: list[RetrainOutcome] = field(default_factory=list)
+    evicted: int = 0  # keys evicted after this batch (``eviction``)
 
 
 @dataclass(slots=True)
@@ -80,6 +84,7 @@ class _Windows:
     stack: np.ndarray  # (R, T, F) float32
     positions: list[int]  # the record's place in the batch's events
     sequences: list[int]  # the record's sequence in its key's stream
+    occurrences: list[int]  # its place in its key's run of records with the same time
     states: list[KeyState]
 
 
@@ -102,6 +107,8 @@ class Pipeline:
         # What a snapshot of the per-key state depends on: all that decides the stream's alerts.
         self.state_hash = _hash(config, _STATE_SECTIONS)
         self.states = KeyStates(self.windows)
+        # ``eviction``: events seen and the newest record time, the clocks keys age by
+        self.seen, self.newest = 0, math.nan
 
     def warmup_for(self, key: str) -> int:
         """Events a key learns from before it may alert (NAB: 15% of the file, at most 750)."""
@@ -140,9 +147,29 @@ class Pipeline:
             self.windows.reset(state.index)
             self.features.forget(state.index)
             if self.config.model.scope == "per_key":
+                self.detector.discard(state.model_id)  # a retraining in flight is of no use now
                 self.detector.slots.pop(state.model_id, None)
             else:
                 self.detector.forget_keys(state.model_id, [state.index])
+
+    def _evict(self) -> int:
+        """Evict keys per ``eviction`` (idle past the TTL, then the least recently seen past
+        ``max_keys``): their state, rows and per-key models go; one seen again starts over."""
+        cfg = self.config.eviction
+        if cfg.max_keys is None and cfg.idle_ttl_s is None:
+            return 0
+        rows = self.states.evictable(cfg.max_keys, self.newest, cfg.idle_ttl_s).tolist()
+        if not rows:
+            return 0
+        names = self.windows.names
+        self.forget({names[row] for row in rows})
+        self.windows.evict(rows)
+        if self.config.model.scope == "shared" and self.detector.is_trained(""):
+            # the shared model's recent windows of these keys would count for the rows' next keys
+            gone, slot = set(rows), self.detector.slots[""]
+            kept = [item for item in slot.buffer if item[0] not in gone]
+            slot.buffer = deque(kept, maxlen=slot.buffer.maxlen)
+        return len(rows)
 
     def process(self, batch: Batch) -> BatchResult:
         """Features, windows and forward passes for the whole batch at once (arrays); then
@@ -156,10 +183,11 @@ class Pipeline:
             np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool), [], []
         )
         trained = self._walk(windows, events, out)
+        evicted = self._evict()
         seconds = time.perf_counter() - started
         return BatchResult(
             events, out.scores, out.grades, out.thresholds, out.flags, out.alerts, dead, trained, seconds,
-            out.retrained,
+            out.retrained, evicted,
         )  # fmt: skip
 
     def _features(
@@ -181,17 +209,34 @@ class Pipeline:
 
     def _windows(self, events: list[Event], indices: list[int], values: np.ndarray) -> _Windows:
         """Count every event in its key's stream and push them all; the windows due, stacked."""
-        sequences, states = [], []
+        sequences, occurrences, states = [], [], []
         self.states.reserve()
         known = self.states.rows
         for event, index in zip(events, indices, strict=True):
             state = known[index] or self._new_state(event.key, index)
-            sequences.append(state.sequence)
-            state.sequence += 1
+            sequence, moment = state.sequence, event.time
+            if moment != state.last_time and moment == moment:  # a new time (NaN: no timestamps)
+                state.last_time, state.run_start = moment, sequence
+            sequences.append(sequence)
+            occurrences.append(sequence - state.run_start)
+            state.sequence = sequence + 1
             states.append(state)
-        ready, stack = self.windows.push_many(np.array(indices, dtype=np.int64), values)
+        rows = np.array(indices, dtype=np.int64)
+        if self.config.eviction != _NO_EVICTION and events:
+            times = np.fromiter((e.time for e in events), dtype=np.float64, count=len(events))
+            self.states.touch(rows, np.arange(self.seen, self.seen + len(events)), times)
+            self.seen += len(events)
+            if np.isfinite(times).any():
+                self.newest = float(np.fmax(self.newest, np.nanmax(times)))
+        ready, stack = self.windows.push_many(rows, values)
         positions = np.flatnonzero(ready).tolist()
-        return _Windows(stack, positions, [sequences[p] for p in positions], [states[p] for p in positions])
+        return _Windows(
+            stack,
+            positions,
+            [sequences[p] for p in positions],
+            [occurrences[p] for p in positions],
+            [states[p] for p in positions],
+        )
 
     def _walk(self, windows: _Windows, events: list[Event], out: _Outputs) -> list[tuple[str, int]]:
         """Each window in stream order: decided after warm-up; during it kept to train on and,
@@ -228,12 +273,21 @@ class Pipeline:
     def get_state(self) -> dict[str, Any]:
         """All per-key and per-model state, as numbers, arrays and tensors (see :mod:`anomalyd.snapshot`)."""
         names = self.windows.names
-        keys = {names[st.index]: st.get_state() for st in self.states.rows if st is not None}
+        live = [st for st in self.states.rows if st is not None]
         return {
-            "keys": keys,
+            # one column per field across keys, not a dict per key (:mod:`anomalyd.columns`)
+            "key_columns": {
+                "names": [names[st.index] for st in live],
+                "columns": to_columns([st.get_state() for st in live]),
+            },
             "windows": self.windows.get_state(),
             "features": self.features.get_state(),
             "models": self.detector.get_state(),
+            "eviction": {
+                "seen": self.states.seen[: len(names)].copy(),
+                "time": self.states.time[: len(names)].copy(),
+                "clock": [self.seen, self.newest],
+            },
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -241,9 +295,19 @@ class Pipeline:
         self.windows.set_state(state["windows"])
         self.features.set_state(state["features"])
         self.states.clear()
-        for key, saved in state["keys"].items():
+        if "key_columns" in state:
+            names = state["key_columns"]["names"]
+            saved_keys = zip(names, from_columns(state["key_columns"]["columns"], len(names)), strict=True)
+        else:  # a snapshot made before key columns: a dict per key
+            saved_keys = state["keys"].items()
+        for key, saved in saved_keys:
             self._new_state(key, int(saved["index"])).set_state(saved)
         self.detector.set_state(state["models"])
+        ages = state.get("eviction")  # absent from snapshots made before eviction existed
+        if ages is not None:
+            n = len(ages["seen"])
+            self.states.seen[:n], self.states.time[:n] = ages["seen"], ages["time"]
+            self.seen, self.newest = int(ages["clock"][0]), float(ages["clock"][1])
 
     def close(self) -> None:
         """Stop the retraining worker (a training in progress is abandoned)."""
@@ -301,8 +365,9 @@ class Pipeline:
                 state.run, state.quiet, anomalous, min_run, cooldown
             )
             if alert:
+                place = (sequence, windows.occurrences[row])
                 out.alerts.append(
-                    self._alert(events[position], state, sequence, (score, grade, limit), errors[i])
+                    self._alert(events[position], state, place, (score, grade, limit), errors[i])
                 )
             # A flagged point stays inside the key's next windows: none of them is learned from.
             if anomalous:
@@ -391,8 +456,10 @@ class Pipeline:
         """Make ``model`` live for ``model_id`` as a new version (a rollback); returns the version.
 
         Thresholds move to its score scale as on a promotion, the scale measured on the
-        model's buffer of recent normal windows.
+        model's buffer of recent normal windows. A retraining in flight is discarded: its
+        candidate was judged against the model being replaced.
         """
+        self.detector.discard(model_id)
         slot = self.detector.slots[model_id]
         windows = np.stack([w for _, w in slot.buffer]) if slot.buffer else None
         before = self.detector.score(model_id, windows)[0].mean() if windows is not None else 1.0
@@ -438,14 +505,15 @@ class Pipeline:
         self,
         event: Event,
         state: KeyState,
-        sequence: int,
-        decision: tuple[float, float, float],
+        place: tuple[int, int],  # the record's sequence and occurrence
+        decision: tuple[float, float, float],  # its score, grade and threshold
         errors: np.ndarray,
     ) -> Alert:
         score, grade, limit = decision
         version = self.detector.slot(state.model_id).version
+        sequence, occurrence = place
         return Alert(
-            alert_id=alert_id(event.key, sequence, version),
+            alert_id=alert_id(event.key, event.time, event.values, occurrence),
             key=event.key,
             timestamp=event.timestamp,
             score=score,

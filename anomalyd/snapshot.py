@@ -23,12 +23,12 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, BinaryIO, cast
 
 import numpy as np
 import torch
 
-from anomalyd.checkpoint import atomic_write
+from anomalyd.checkpoint import atomic_file
 from anomalyd.errors import ModelError
 from anomalyd.logs import get_logger
 
@@ -51,7 +51,8 @@ class Found:
 def to_storable(obj: Any) -> Any:
     """numpy arrays to tensors, numpy scalars to Python numbers, recursively (tensors kept)."""
     if isinstance(obj, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(obj).copy())
+        # no copy: the snapshot is written before the state moves on
+        return torch.from_numpy(np.ascontiguousarray(obj))
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, dict):
@@ -72,6 +73,65 @@ def from_storable(obj: Any) -> Any:
     return obj
 
 
+class _HashingWriter:
+    """A write-only file for ``torch.save`` that passes the bytes on and hashes them."""
+
+    def __init__(self, handle: BinaryIO):
+        self.handle = handle
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+class _Body(io.RawIOBase):
+    """The body of a snapshot file, read in place: offsets count from its first byte."""
+
+    def __init__(self, handle: io.BufferedReader, start: int):
+        self.handle, self.start = handle, start
+        handle.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self.handle.readinto(buffer)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            offset += self.start
+        return self.handle.seek(offset, whence) - self.start
+
+    def tell(self) -> int:
+        return self.handle.tell() - self.start
+
+
+def _load_checked(path: Path, handle: io.BufferedReader) -> Any:
+    """Check the magic line and the body's SHA-256 (read in chunks), then load the body
+    from the file itself: never the whole file in memory."""
+    header = len(MAGIC) + 65
+    head = handle.read(header)
+    if not head.startswith(MAGIC) or len(head) < header:
+        raise SnapshotError(f"snapshot {path} is not an anomalyd snapshot (or is truncated)")
+    digest = hashlib.sha256()
+    while chunk := handle.read(1 << 20):
+        digest.update(chunk)
+    if digest.hexdigest().encode() != head[len(MAGIC) : header - 1]:
+        raise SnapshotError(f"snapshot {path} is corrupt or truncated (checksum mismatch)")
+    try:
+        body = cast(IO[bytes], _Body(handle, header))
+        return torch.load(body, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SnapshotError(f"snapshot {path} cannot be loaded: {exc}") from None
+
+
 class SnapshotStore:
     """The ``snapshots/`` folder of a state directory."""
 
@@ -90,7 +150,6 @@ class SnapshotStore:
         """Write the next snapshot atomically, then delete all but the newest ``keep``."""
         existing = self.paths()
         number = int(_NAME.match(existing[0].name).group(1)) + 1 if existing else 1  # type: ignore[union-attr]
-        body = io.BytesIO()
         wrapped = {
             "format": 1,
             "state_hash": state_hash,
@@ -98,11 +157,15 @@ class SnapshotStore:
             "created_at": time.time(),
             **to_storable(payload),
         }
-        torch.save(wrapped, body)
-        data = body.getvalue()
-        digest = hashlib.sha256(data).hexdigest().encode()
         path = self.folder / f"snapshot-{number:010d}.pt"
-        atomic_write(path, MAGIC + digest + b"\n" + data)
+        # Streamed to the file as torch writes it, hashed on the way; the digest goes in
+        # its place before the body once the body is done. No copy of the body in memory.
+        with atomic_file(path) as handle:
+            handle.write(MAGIC + b"0" * 64 + b"\n")
+            hashing = _HashingWriter(handle)
+            torch.save(wrapped, cast(IO[bytes], hashing))
+            handle.seek(len(MAGIC))
+            handle.write(hashing.digest.hexdigest().encode())
         for old in [path, *existing][self.keep :]:
             old.unlink(missing_ok=True)
         return path
@@ -111,19 +174,10 @@ class SnapshotStore:
     def load(path: Path) -> dict[str, Any]:
         """Read and verify one snapshot; SnapshotError naming the file when it cannot be trusted."""
         try:
-            raw = path.read_bytes()
+            with path.open("rb") as handle:
+                payload = _load_checked(path, handle)
         except OSError as exc:
             raise SnapshotError(f"snapshot {path} cannot be read: {exc}") from None
-        header = len(MAGIC) + 65
-        if not raw.startswith(MAGIC) or len(raw) < header:
-            raise SnapshotError(f"snapshot {path} is not an anomalyd snapshot (or is truncated)")
-        digest, body = raw[len(MAGIC) : header - 1], raw[header:]
-        if hashlib.sha256(body).hexdigest().encode() != digest:
-            raise SnapshotError(f"snapshot {path} is corrupt or truncated (checksum mismatch)")
-        try:
-            payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise SnapshotError(f"snapshot {path} cannot be loaded: {exc}") from None
         if not isinstance(payload, dict) or payload.get("format") != 1:
             raise SnapshotError(f"snapshot {path} has an unknown format")
         return from_storable(payload)

@@ -73,7 +73,8 @@ class WindowStore:
         self.stride = stride
         self.normalise = normalise != "none"
         self.keys: dict[str, int] = {}
-        self.names: list[str] = []
+        self.names: list[str] = []  # by row; "" for a row freed by :meth:`evict`
+        self.free: list[int] = []  # rows to reuse for new keys
         self._alloc(capacity)
 
     def _alloc(self, capacity: int) -> None:
@@ -95,12 +96,24 @@ class WindowStore:
         """The key's row in the arrays, created on first sight."""
         idx = self.keys.get(key)
         if idx is None:
-            idx = len(self.names)
-            if idx == len(self._count):
-                self._grow()
+            if self.free:
+                idx = self.free.pop()
+                self.names[idx] = key
+            else:
+                idx = len(self.names)
+                if idx == len(self._count):
+                    self._grow()
+                self.names.append(key)
             self.keys[key] = idx
-            self.names.append(key)
         return idx
+
+    def evict(self, rows: list[int]) -> None:
+        """Forget the keys of ``rows`` altogether; their rows go to the next new keys."""
+        for idx in rows:
+            self.reset(idx)
+            del self.keys[self.names[idx]]
+            self.names[idx] = ""
+        self.free.extend(rows)
 
     def freeze(self, idx: int, after: int) -> None:
         """The key's statistics learn from its first ``after`` values only (``normalise: warmup``)."""
@@ -240,14 +253,16 @@ class WindowStore:
         return int(self._count[idx])
 
     def get_state(self) -> dict[str, object]:
-        """Keys in index order and their rows of every array (copies), for snapshots."""
+        """Keys in index order and their rows of every array, for snapshots: views of the
+        store's arrays (no copy of the rings), to save or copy before the store moves on."""
         n = len(self.names)
         return {
             "names": list(self.names),
-            "ring": self._ring[:n].copy(),
-            "count": self._count[:n].copy(),
-            "mean": self._mean[:n].copy(),
-            "m2": self._m2[:n].copy(),
+            "free": np.array(self.free, dtype=np.int64),
+            "ring": self._ring[:n],
+            "count": self._count[:n],
+            "mean": self._mean[:n],
+            "m2": self._m2[:n],
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -263,7 +278,9 @@ class WindowStore:
             )
         self._alloc(max(16, len(names)))
         self.names = names
-        self.keys = {name: i for i, name in enumerate(names)}
+        self.keys = {name: i for i, name in enumerate(names) if name}
+        free = state.get("free")  # absent before eviction existed: no row was free then
+        self.free = [] if free is None else np.asarray(free, dtype=np.int64).tolist()
         n = len(names)
         self._ring[:n] = ring
         self._count[:n] = state["count"]

@@ -25,12 +25,16 @@ SCRIPTS = {
     "kafka_throughput.py": "| threads | events |",
     "retraining.py": "| windows | threads | epochs",
     "promise.py": "| file | decided | promised | observed",
+    "key_flood.py": "| eviction | keys seen | keys kept",
+    "snapshot_memory.py": "| step | file MiB",
+    "steady_memory.py": "| events | RSS MiB",
+    "soak.py": "| seconds | RSS MiB",
 }
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_bench_script_runs_at_smoke_sizes(script: str) -> None:
-    if script == "kafka_throughput.py" and find_tansu_binary() is None:
+    if script in ("kafka_throughput.py", "soak.py") and find_tansu_binary() is None:
         pytest.skip("the Tansu broker is not installed (dev extra)")
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), "--smoke"],

@@ -43,11 +43,13 @@ def test_shipped_configs_are_valid(name):
         ),
         ("model: {score_steps: 4}", "model.score_steps (4) applies to detector: forecaster only"),
         ("model: {members: 0}", "model.members: got 0, expected a value >= 1"),
+        ("eviction: {max_keys: 0}", "eviction.max_keys: got 0, expected a value >= 1"),
+        ("eviction: {idle_ttl_s: -5}", "eviction.idle_ttl_s: got -5, expected a value > 0"),
         (
             "detector: forecaster\nmodel: {carry_state: true, members: 3}",
             "model.carry_state (true) needs model.members 1, got 3",
         ),
-        ("bogus: 1", "bogus: unknown key (expected one of: alerts, detector, hst, input,"),
+        ("bogus: 1", "bogus: unknown key (expected one of: alerts, detector, eviction, hst, input,"),
         ("- 1\n- 2", "expected a mapping of sections"),
         ("model: [", "not valid YAML"),
         (

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -67,13 +69,45 @@ def test_per_key_scope_trains_one_model_per_key_shared_trains_one():
     assert sum(len(r.trained) for r in results) == 1
 
 
-def test_alert_ids_are_deterministic_and_carry_the_model_version():
+def test_alert_ids_are_deterministic_and_unique():
     events = sine_events("k", 500, spikes=(300, 420))
     _, _, first, _ = run(Pipeline(small_config()), events)
     _, _, second, _ = run(Pipeline(small_config()), events)
     assert first and [a.alert_id for a in first] == [a.alert_id for a in second]
     assert all(a.model_version == 1 for a in first)
     assert len({a.alert_id for a in first}) == len(first)
+
+
+def test_an_alert_id_does_not_depend_on_what_the_process_has_seen():
+    """A daemon restarted without its state (or a partition's next owner) starts counting the
+    key's events again at another record: the same record still gets the same id."""
+    events = sine_events("k", 900, spikes=(400, 800))
+    _, _, whole, _ = run(Pipeline(small_config()), events)
+    _, _, restarted, _ = run(Pipeline(small_config()), events[300:])
+    by_row = {a.source["row"]: a for a in whole}
+    common = [a for a in restarted if a.source["row"] in by_row]
+    assert any(a.source["row"] == 800 for a in common), "both lives flag the late spike"
+    assert all(a.sequence == by_row[a.source["row"]].sequence - 300 for a in common)
+    assert [a.alert_id for a in common] == [by_row[a.source["row"]].alert_id for a in common]
+    others = {a.alert_id for a in restarted if a.source["row"] not in by_row}
+    assert not others & {a.alert_id for a in whole}  # a new alert never takes an old one's id
+
+
+def test_occurrence_counts_records_of_a_key_at_the_same_time():
+    pipeline = Pipeline(small_config())
+    events = sine_events("k", 6) + sine_events("j", 3)
+    times = [1.0, 1.0, 2.0, 2.0, 2.0, 3.0, math.nan, math.nan, math.nan]
+    got = []
+    for event, moment in zip(events, times, strict=True):
+        event.time = moment
+        pipeline.process(Batch(events=[event]))  # one by one: a run goes on across batches
+        state = pipeline.states[event.key]
+        got.append(state.sequence - 1 - state.run_start)  # the occurrence of the newest record
+    # a key without timestamps is one run: the occurrence is the record's sequence
+    assert got == [0, 1, 0, 1, 2, 0, 0, 1, 2]
+    restored = Pipeline(small_config())
+    restored.set_state(pipeline.get_state())  # a snapshot keeps the run going
+    assert restored.states["k"].run_start == 5 and restored.states["k"].last_time == 3.0
 
 
 def test_top_features_point_at_the_anomalous_feature():

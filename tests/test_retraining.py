@@ -1,5 +1,6 @@
 """Online retraining: triggers, the promotion gate, what is learned from, determinism."""
 
+import concurrent.futures
 import copy
 import itertools
 from concurrent.futures import Future
@@ -9,7 +10,7 @@ import pytest
 
 from anomalyd.pipeline import Pipeline
 from anomalyd.retraining import RetrainJob
-from anomalyd.training import Candidate, FitReport
+from anomalyd.training import CancelledError, Candidate, FitReport
 
 from .helpers import batches, sine_events, small_config
 
@@ -127,7 +128,18 @@ def job_with(validation_loss: float, champion_loss: float, model) -> RetrainJob:
 
 
 @pytest.mark.parametrize(
-    ("validation", "champion", "promoted"), [(1.0, 1.0, True), (1.05, 1.0, True), (2.0, 1.0, False)]
+    ("validation", "champion", "promoted"),
+    [
+        (1.0, 1.0, True),
+        (1.05, 1.0, True),
+        (2.0, 1.0, False),
+        # a candidate that cannot be judged is never promoted: its NaN scores silence alerts
+        (float("nan"), 1.0, False),
+        (float("inf"), 1.0, False),
+        (1.0, float("nan"), False),
+        (1.0, float("inf"), False),
+        (float("nan"), float("nan"), False),
+    ],
 )
 def test_promotion_gate(validation, champion, promoted):
     pipeline = Pipeline(small_config(retraining={"tolerance": 0.1}))
@@ -179,3 +191,37 @@ def test_windows_holding_a_flagged_point_are_not_learned_from():
     assert len(buffer) > 200
     # the spike is +8 on a unit sine: after normalisation it is by far the largest value
     assert max(float(w.max()) for _, w in buffer) < 4.0
+
+
+def test_a_rollback_discards_the_retraining_in_flight():
+    pipeline = Pipeline(small_config(retraining=RETRAIN))
+    events = sine_events("k", 500)
+    run(pipeline, events[:300])
+    slot = pipeline.detector.slots["k"]
+    rolled_back = copy.deepcopy(slot.model)
+    # a candidate judged against the model the rollback replaces, due at once, that would win
+    stale = copy.deepcopy(slot.model)
+    slot.job = job_with(1.0, 1.0, stale)
+    version = pipeline.install("k", rolled_back)
+    assert slot.job is None and slot.since_training == 0
+    results = [pipeline.process(b) for b in batches(events[300:400], 64)]
+    pipeline.close()
+    assert not outcomes(results)  # no swap: neither the candidate nor its stale scale
+    assert slot.model is rolled_back and slot.version == version
+
+
+def test_discarding_a_running_retraining_stops_it():
+    pipeline = Pipeline(small_config(retraining={**RETRAIN, "swap_after_events": 10_000}))
+    run_until = sine_events("k", 600)
+    for batch in batches(run_until, 64):
+        pipeline.process(batch)
+        if pipeline.detector.slots["k"].job is not None:
+            break
+    slot = pipeline.detector.slots["k"]
+    job = slot.job
+    assert job is not None
+    assert pipeline.detector.discard("k")
+    # cancelled before it ran, or stopped at its next batch: it never yields a candidate
+    with pytest.raises((CancelledError, concurrent.futures.CancelledError)):
+        job.future.result(timeout=30)
+    pipeline.close()

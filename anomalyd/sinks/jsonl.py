@@ -56,6 +56,8 @@ class FileSink:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = open(self.path, "ab" if self.append else "wb")  # noqa: SIM115 - closed in close()
+                if self.append:
+                    _cut_torn_line(self._file)
             except OSError as exc:
                 raise SinkError(f"cannot open {self.path}: {exc.strerror}") from exc
         return self._file
@@ -80,3 +82,24 @@ class FileSink:
             self.flush()
             self._file.close()
             self._file = None
+
+
+def _cut_torn_line(handle: IO[bytes]) -> None:
+    """Drop a last line without its newline: a write cut short by a crash, never flushed
+    (a flush ends on a whole record), so the records after it are whole lines again."""
+    size = end = handle.seek(0, os.SEEK_END)
+    keep = 0
+    with open(handle.name, "rb") as reader:
+        while end > 0:
+            start = max(0, end - 65536)
+            reader.seek(start)
+            chunk = reader.read(end - start)
+            if end == size and chunk.endswith(b"\n"):
+                return  # the usual case: whole lines only
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
+    handle.truncate(keep)
+    handle.seek(0, os.SEEK_END)
