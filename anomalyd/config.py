@@ -6,7 +6,7 @@ in string values are replaced from the environment before validation.
 
 >>> cfg = Config()
 >>> cfg.window.length, cfg.model.cell, cfg.threshold.method
-(64, 'lstm', 'spot')
+(64, 'lstm', 'grade')
 >>> load_config_text("model: {hidden_size: -1}")
 Traceback (most recent call last):
 ...
