@@ -127,10 +127,19 @@ class ModelConfig(_Section):
     score_steps: int = Field(1, ge=1, le=4096)
     carry_state: bool = False
     normalise_errors: bool = False
-    members: int = Field(1, ge=1, le=64)
+    # three networks' mean by default: one network's errors carry the accidents of its seed and
+    # of the CPU's kernels; a carried state belongs to one network, so there one is the default
+    members: int = Field(3, ge=1, le=64)
     group_networks: Literal["auto", "on", "off"] = (
         "auto"  # one batched pass for many networks; auto: on a GPU
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_member_with_carried_state(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("carry_state") is True and "members" not in data:
+            return {**data, "members": 1}
+        return data
 
 
 class TrainingConfig(_Section):
@@ -143,8 +152,8 @@ class TrainingConfig(_Section):
     grad_clip: float = Field(1.0, gt=0.0)
     max_windows: int = Field(4096, ge=1)
     threads: int = Field(1, ge=1, le=256)
-    max_steps: int | None = Field(100, ge=1)  # optimizer steps per training at most; null: epochs decide
-    patience: int | None = Field(3, ge=1)  # stop after this many epochs without a better held-back loss
+    max_steps: int | None = Field(400, ge=1)  # optimizer steps per training at most; null: epochs decide
+    patience: int | None = Field(None, ge=1)  # stop after this many epochs without a better held-back loss
 
 
 class ThresholdConfig(_Section):

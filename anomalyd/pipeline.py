@@ -533,7 +533,8 @@ class Pipeline:
 # trainings run, not what the saved state means.
 _ADDED_KEYS: dict[str, dict[str, Any]] = {
     "model": {"members": 1, "group_networks": "auto"},
-    "training": {"max_steps": 100, "patience": 3},
+    "hst": {"scaler": "none"},
+    "training": {"max_steps": 400, "patience": None},
     "retraining": {"warm_start": True, "max_steps": 100, "drift_block": None},
     "threshold": {"grade": 0.9999, "grade_window": 1000},
 }

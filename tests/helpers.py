@@ -10,10 +10,10 @@ from anomalyd.sources.base import Batch
 
 
 def small_config(**sections: dict) -> Config:
-    """A fast config for tests: short windows, small model, few epochs."""
+    """A fast config for tests: short windows, one small network, few epochs."""
     base: dict = {
         "window": {"length": 16},
-        "model": {"hidden_size": 8, "device": "cpu"},
+        "model": {"hidden_size": 8, "device": "cpu", "members": 1},
         "training": {"warmup_events": 150, "epochs": 8},
         # The quantile threshold calibrated on the warm-up windows: alerts soon after warm-up.
         "threshold": {

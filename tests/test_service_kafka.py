@@ -250,7 +250,7 @@ def slow_file_daemon(daemons, tmp_path, deadline_s: float, liveness_timeout_s: f
     """A daemon fed from a file whose first batch trains for minutes: a stop must interrupt it."""
     config = service_config("127.0.0.1:1", "unused", "unused")
     config["source"] = {"type": "file", "paths": [str(EXAMPLE)]}
-    config["training"] = {"warmup_events": 750, "epochs": 10_000}
+    config["training"] = {"warmup_events": 750, "epochs": 10_000, "max_steps": None, "patience": None}
     config["output"] = {"alerts": [{"type": "file", "path": str(tmp_path / "alerts.jsonl")}]}
     config["service"]["shutdown_deadline_s"] = deadline_s
     config["service"]["liveness_timeout_s"] = liveness_timeout_s

@@ -212,9 +212,11 @@ def test_an_ensemble_resumes_exactly_and_scores_unlike_one_network(tmp_path):
 def test_snapshots_and_checkpoints_of_the_version_before_members_still_match():
     """``model.members`` and the grade's keys came later: at their defaults they leave the
     hashes as they were (values computed by the version before them), so an upgrade keeps the
-    saved state of a config that names the threshold it had (spot, 200 samples); at other
+    saved state of a config that names what it had (one network; spot, 200 samples); at other
     values they change."""
-    before = Pipeline(parse_config({"threshold": {"method": "spot", "min_samples": 200}}))
+    before = Pipeline(
+        parse_config({"model": {"members": 1}, "threshold": {"method": "spot", "min_samples": 200}})
+    )
     assert (before.config_hash, before.state_hash) == ("e1dcc46a4312c307", "5fbe435fe994d767")
     before.close()
     three = Pipeline(parse_config({"model": {"members": 3}}))
