@@ -72,7 +72,7 @@ def main() -> None:
         return
     header(
         f"replay throughput ({args.detector}{', carried state' if args.carry_state else ''}"
-        f"{f', {args.members} members' if args.members > 1 else ''}, {args.device}): "
+        f"{f', {args.members} members' if args.members is not None else ''}, {args.device}): "
         "anomalyd.app.replay vs river HST and a rolling z-score",
         args.smoke,
     )
@@ -131,14 +131,17 @@ def main() -> None:
 
 
 def members(args: argparse.Namespace) -> dict[str, dict[str, int]]:
-    """The ``model.members`` section for ``--members`` (nothing for one: older versions lack it)."""
-    return {"model": {"members": args.members}} if args.members > 1 else {}
+    """The ``model.members`` section for ``--members`` (nothing without it: the default)."""
+    return {} if args.members is None else {"model": {"members": args.members}}
 
 
 def options(parser: argparse.ArgumentParser) -> None:
     detector_option(parser)
     parser.add_argument(
-        "--members", type=int, default=1, help="model.members: networks averaged per score (default 1)"
+        "--members",
+        type=int,
+        default=None,
+        help="model.members: networks averaged per score (default: the config's, 3)",
     )
     parser.add_argument("--profile", action="store_true", help="cProfile the 1,000-key case instead")
     parser.add_argument(
