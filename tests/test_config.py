@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from anomalyd.config import Config, load_config, load_config_text
+from anomalyd.config import Config, load_config, load_config_text, parse_config
 from anomalyd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,3 +92,11 @@ def test_config_is_frozen():
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_three_members_by_default_and_one_with_a_carried_state():
+    assert Config().model.members == 3
+    carried = parse_config({"detector": "forecaster", "model": {"carry_state": True}})
+    assert carried.model.members == 1
+    named = parse_config({"detector": "forecaster", "model": {"carry_state": False, "members": 2}})
+    assert named.model.members == 2
