@@ -27,6 +27,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -134,12 +135,13 @@ class ModelConfig(_Section):
         "auto"  # one batched pass for many networks; auto: on a GPU
     )
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _one_member_with_carried_state(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("carry_state") is True and "members" not in data:
-            return {**data, "members": 1}
-        return data
+    def _one_member_with_carried_state(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        section = handler(data)  # carry_state parsed as pydantic parses it (a ${VAR}'s "true" too)
+        if isinstance(data, dict) and section.carry_state and "members" not in section.model_fields_set:
+            return handler({**data, "members": 1})
+        return section
 
 
 class TrainingConfig(_Section):

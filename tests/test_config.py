@@ -98,5 +98,7 @@ def test_three_members_by_default_and_one_with_a_carried_state():
     assert Config().model.members == 3
     carried = parse_config({"detector": "forecaster", "model": {"carry_state": True}})
     assert carried.model.members == 1
+    from_env = parse_config({"detector": "forecaster", "model": {"carry_state": "true"}})  # a ${VAR}'s text
+    assert from_env.model.members == 1
     named = parse_config({"detector": "forecaster", "model": {"carry_state": False, "members": 2}})
     assert named.model.members == 2
