@@ -528,9 +528,11 @@ class Pipeline:
 
 
 # Keys added to a section after snapshots and checkpoints of it existed, left out of the hash
-# at their default, so an upgrade keeps the saved state: ``members`` at 1 and the grade's keys
-# mean "as before"; the training budgets, warm starts and drift blocks change how later
-# trainings run, not what the saved state means.
+# at the value that means "as before", so an upgrade keeps the saved state: ``members`` at 1
+# (the default is 3 now: a one-network snapshot does not fit three), ``hst.scaler`` at none,
+# the grade's keys at their defaults. The training budgets, warm starts and drift blocks are
+# left out at their current defaults: they change how later trainings run, not what the saved
+# state means.
 _ADDED_KEYS: dict[str, dict[str, Any]] = {
     "model": {"members": 1, "group_networks": "auto"},
     "hst": {"scaler": "none"},
